@@ -1,0 +1,337 @@
+//! Command line flags and `PYSTRAND_*` environment variables, validated into a [`Config`].
+//!
+//! Every limit the broker enforces is here, with its flag, its default and the
+//! name that error messages use. Invalid values never reach the server: they
+//! become a [`ConfigError`] that names the flag or variable, and `main` exits
+//! with status 2.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+/// One mebibyte, the unit of the size defaults.
+const MIB: usize = 1024 * 1024;
+
+/// PyStrands broker: WebSocket clients on one port, application backends
+/// (newline-delimited JSON over TCP) on the other.
+///
+/// The environment variables PYSTRAND_WS_PORT, PYSTRAND_TCP_PORT and
+/// PYSTRAND_QUEUE_SIZE override the matching flags when set.
+#[derive(FromArgs, Debug)]
+pub struct Args {
+    /// port for WebSocket clients (default 8080; 0 picks a free port)
+    #[argh(option, default = "8080")]
+    pub ws_port: u16,
+
+    /// port for application backends (default 8081; 0 picks a free port)
+    #[argh(option, default = "8081")]
+    pub tcp_port: u16,
+
+    /// address the WebSocket port listens on (default 0.0.0.0)
+    #[argh(option, default = "String::from(\"0.0.0.0\")")]
+    pub host: String,
+
+    /// address the backend port listens on (default 127.0.0.1, so backends
+    /// are reachable only from this machine unless you ask otherwise)
+    #[argh(option, default = "String::from(\"127.0.0.1\")")]
+    pub backend_host: String,
+
+    /// events kept while no backend is connected, flushed in order to the
+    /// next backend; the oldest is dropped when full (default 1000, 0 = keep none)
+    #[argh(option, default = "1000")]
+    pub queue_size: usize,
+
+    /// seconds a WebSocket upgrade waits for a backend's answer before it
+    /// gets HTTP 503; decimals allowed (default 5)
+    #[argh(option, default = "String::from(\"5\")")]
+    pub connect_timeout: String,
+
+    /// largest WebSocket message a client may send, in bytes, after
+    /// reassembling fragments; larger ones close the client with 1009
+    /// (default 1048576)
+    #[argh(option, default = "MIB")]
+    pub max_message_size: usize,
+
+    /// bytes that may wait in one client's send queue; a client that falls
+    /// further behind is closed with 1008 (default 4194304)
+    #[argh(option, default = "4 * MIB")]
+    pub max_outbound_bytes: usize,
+
+    /// largest line a backend may send, in bytes; a longer line closes that
+    /// backend (default 16777216)
+    #[argh(option, default = "16 * MIB")]
+    pub max_line_size: usize,
+
+    /// largest HTTP upgrade request (request line and headers) in bytes;
+    /// larger ones get HTTP 431 (default 8192)
+    #[argh(option, default = "8192")]
+    pub max_request_size: usize,
+
+    /// most headers an HTTP upgrade request may carry; more get HTTP 431
+    /// (default 64)
+    #[argh(option, default = "64")]
+    pub max_headers: usize,
+
+    /// seconds a closing connection is given to flush its last bytes and
+    /// finish the close handshake, and the bound on the drain at shutdown;
+    /// decimals allowed (default 3)
+    #[argh(option, default = "String::from(\"3\")")]
+    pub close_timeout: String,
+
+    /// seconds between heartbeat events to each backend; decimals allowed
+    /// (default 15)
+    #[argh(option, default = "String::from(\"15\")")]
+    pub heartbeat_interval: String,
+
+    /// error, warn, info or debug (default info)
+    #[argh(option, default = "String::from(\"info\")")]
+    pub log_level: String,
+}
+
+/// The validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// WebSocket listen address.
+    pub host: IpAddr,
+    /// WebSocket listen port (0: ephemeral).
+    pub ws_port: u16,
+    /// Backend listen address.
+    pub backend_host: IpAddr,
+    /// Backend listen port (0: ephemeral).
+    pub tcp_port: u16,
+    /// Events kept while no backend is connected.
+    pub queue_size: usize,
+    /// How long a connection request waits for its answer.
+    pub connect_timeout: Duration,
+    /// Largest reassembled client message.
+    pub max_message_size: usize,
+    /// Bound of one client's send queue.
+    pub max_outbound_bytes: usize,
+    /// Largest backend line.
+    pub max_line_size: usize,
+    /// Largest upgrade request head.
+    pub max_request_size: usize,
+    /// Most headers in an upgrade request.
+    pub max_headers: usize,
+    /// Time a closing connection (and the shutdown drain) is given.
+    pub close_timeout: Duration,
+    /// Interval of heartbeat events to backends.
+    pub heartbeat_interval: Duration,
+    /// Most verbose level that is logged.
+    pub log_level: log::LevelFilter,
+}
+
+impl Default for Config {
+    /// The defaults of the flags, with both ports ephemeral on loopback:
+    /// what the library's own tests and benches start from.
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            ws_port: 0,
+            backend_host: IpAddr::from([127, 0, 0, 1]),
+            tcp_port: 0,
+            queue_size: 1000,
+            connect_timeout: Duration::from_secs(5),
+            max_message_size: MIB,
+            max_outbound_bytes: 4 * MIB,
+            max_line_size: 16 * MIB,
+            max_request_size: 8192,
+            max_headers: 64,
+            close_timeout: Duration::from_secs(3),
+            heartbeat_interval: Duration::from_secs(15),
+            log_level: log::LevelFilter::Info,
+        }
+    }
+}
+
+/// A flag or environment variable with a value the broker cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The flag (`--ws-port`) or variable (`PYSTRAND_WS_PORT`) at fault.
+    pub source: String,
+    /// What is wrong with its value.
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(source: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        source: source.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Validates parsed flags, applying the `PYSTRAND_*` overrides that
+    /// `env` returns (`std::env::var` in the binary; a map in tests).
+    pub fn from_args(
+        args: Args,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let env_set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let ws_port = match env_set("PYSTRAND_WS_PORT") {
+            Some(v) => parse_port("PYSTRAND_WS_PORT", &v)?,
+            None => args.ws_port,
+        };
+        let tcp_port = match env_set("PYSTRAND_TCP_PORT") {
+            Some(v) => parse_port("PYSTRAND_TCP_PORT", &v)?,
+            None => args.tcp_port,
+        };
+        let queue_size = match env_set("PYSTRAND_QUEUE_SIZE") {
+            Some(v) => v.trim().parse::<usize>().map_err(|_| {
+                err(
+                    "PYSTRAND_QUEUE_SIZE",
+                    format!("'{v}' is not a whole number of events"),
+                )
+            })?,
+            None => args.queue_size,
+        };
+        let config = Config {
+            host: parse_ip("--host", &args.host)?,
+            ws_port,
+            backend_host: parse_ip("--backend-host", &args.backend_host)?,
+            tcp_port,
+            queue_size,
+            connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
+            max_message_size: at_least("--max-message-size", args.max_message_size, 1)?,
+            max_outbound_bytes: at_least("--max-outbound-bytes", args.max_outbound_bytes, 1024)?,
+            max_line_size: at_least("--max-line-size", args.max_line_size, 1024)?,
+            max_request_size: at_least("--max-request-size", args.max_request_size, 256)?,
+            max_headers: at_least("--max-headers", args.max_headers, 8)?,
+            close_timeout: parse_seconds("--close-timeout", &args.close_timeout)?,
+            heartbeat_interval: parse_seconds("--heartbeat-interval", &args.heartbeat_interval)?,
+            log_level: parse_level(&args.log_level)?,
+        };
+        Ok(config)
+    }
+}
+
+fn parse_port(source: &str, value: &str) -> Result<u16, ConfigError> {
+    value
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| err(source, format!("'{value}' is not a port number (0 to 65535)")))
+}
+
+fn parse_ip(source: &str, value: &str) -> Result<IpAddr, ConfigError> {
+    if value == "localhost" {
+        return Ok(IpAddr::from([127, 0, 0, 1]));
+    }
+    value
+        .parse::<IpAddr>()
+        .map_err(|_| err(source, format!("'{value}' is not an IP address")))
+}
+
+fn parse_seconds(source: &str, value: &str) -> Result<Duration, ConfigError> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| err(source, format!("'{value}' is not a number of seconds")))?;
+    if !(secs.is_finite() && secs > 0.0 && secs <= 86_400.0) {
+        return Err(err(
+            source,
+            format!("'{value}' must be more than 0 and at most 86400 seconds"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn at_least(source: &str, value: usize, min: usize) -> Result<usize, ConfigError> {
+    if value < min {
+        return Err(err(source, format!("{value} is below the minimum of {min}")));
+    }
+    Ok(value)
+}
+
+fn parse_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
+    match value.to_ascii_lowercase().as_str() {
+        "error" => Ok(log::LevelFilter::Error),
+        "warn" | "warning" => Ok(log::LevelFilter::Warn),
+        "info" => Ok(log::LevelFilter::Info),
+        "debug" => Ok(log::LevelFilter::Debug),
+        _ => Err(err(
+            "--log-level",
+            format!("'{value}' is not one of error, warn, info, debug"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Args {
+        Args::from_args(&["pystrands-server"], list).expect("flags parse")
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = Config::from_args(args(&[]), no_env).unwrap();
+        assert_eq!((c.ws_port, c.tcp_port, c.queue_size), (8080, 8081, 1000));
+        assert_eq!(c.host, IpAddr::from([0, 0, 0, 0]));
+        assert_eq!(c.backend_host, IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(c.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.max_message_size, MIB);
+        assert_eq!(c.max_outbound_bytes, 4 * MIB);
+        assert_eq!(c.max_line_size, 16 * MIB);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+    }
+
+    #[test]
+    fn environment_overrides_flags() {
+        let env = |name: &str| match name {
+            "PYSTRAND_WS_PORT" => Some("9000".to_owned()),
+            "PYSTRAND_TCP_PORT" => Some("9001".to_owned()),
+            "PYSTRAND_QUEUE_SIZE" => Some("0".to_owned()),
+            _ => None,
+        };
+        let c = Config::from_args(args(&["--ws-port", "1", "--tcp-port", "2"]), env).unwrap();
+        assert_eq!((c.ws_port, c.tcp_port, c.queue_size), (9000, 9001, 0));
+    }
+
+    #[test]
+    fn bad_environment_value_names_the_variable() {
+        let env = |name: &str| (name == "PYSTRAND_TCP_PORT").then(|| "70000".to_owned());
+        let e = Config::from_args(args(&[]), env).unwrap_err();
+        assert_eq!(e.source, "PYSTRAND_TCP_PORT");
+        let env = |name: &str| (name == "PYSTRAND_QUEUE_SIZE").then(|| "abc".to_owned());
+        assert_eq!(
+            Config::from_args(args(&[]), env).unwrap_err().source,
+            "PYSTRAND_QUEUE_SIZE"
+        );
+    }
+
+    #[test]
+    fn bad_flag_values_name_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--connect-timeout", "abc"], "--connect-timeout"),
+            (&["--connect-timeout", "0"], "--connect-timeout"),
+            (&["--host", "nowhere"], "--host"),
+            (&["--log-level", "loud"], "--log-level"),
+            (&["--max-outbound-bytes", "10"], "--max-outbound-bytes"),
+        ];
+        for (flags, source) in cases {
+            let e = Config::from_args(args(flags), no_env).unwrap_err();
+            assert_eq!(&e.source, source, "{flags:?}");
+        }
+    }
+
+    #[test]
+    fn decimal_timeouts_are_accepted() {
+        let c = Config::from_args(args(&["--connect-timeout", "0.25"]), no_env).unwrap();
+        assert_eq!(c.connect_timeout, Duration::from_millis(250));
+    }
+}

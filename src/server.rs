@@ -1,0 +1,1387 @@
+//! The broker's one event loop: accept, read, route, write, time out.
+//!
+//! One thread owns everything: the mio `Poll`, the client and backend slabs,
+//! the [`Hub`], the queue of events waiting for a backend, and the
+//! deadlines. Nothing blocks; a connection request parks its client until a
+//! backend answers or the deadline passes.
+//!
+//! Event-loop rules kept here:
+//! - Sockets are registered once for READABLE | WRITABLE (edge-triggered);
+//!   each connection keeps its own `readable` / `writable` bits, cleared
+//!   only on `WouldBlock`.
+//! - One connection gets a bounded amount of reading per turn
+//!   ([`READ_BUDGET`]); one with more to read is revisited next turn.
+//! - Writes happen at the end of a turn: every client or backend whose
+//!   queue grew is flushed once, with vectored writes.
+//! - An error on a connection closes that connection only. Removal from the
+//!   slabs is deferred to the end of the turn, so a key is never reused
+//!   while events for its old socket may still be in the batch.
+//!
+//! Tokens: 0 and 1 are the listeners, 2 the signal pipe; clients are
+//! `CLIENT_BASE + key`, backends `BACKEND_BASE + key`.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::backend::{self, Command};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::outq::{Flushed, OutQueue, Shared};
+use crate::ws::encode;
+use crate::ws::frame::{Event, FrameError, FrameReader};
+use crate::ws::handshake;
+
+const WS_LISTENER: Token = Token(0);
+const BACKEND_LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+const CLIENT_BASE: usize = 16;
+const BACKEND_BASE: usize = usize::MAX / 2;
+
+/// Bytes one connection may read per loop turn before others get a turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// Size of one read from a socket.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Counters of what happened, logged at shutdown.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Upgrades accepted by a backend.
+    pub accepted: u64,
+    /// Upgrades rejected by a backend (403).
+    pub rejected: u64,
+    /// Upgrades that got 503 (timeout, no backend, backend gone).
+    pub unavailable: u64,
+    /// Clients closed because their send queue passed `--max-outbound-bytes`.
+    pub slow_consumers: u64,
+    /// Clients closed for a protocol error (1002, 1007, 1009, ...).
+    pub protocol_errors: u64,
+    /// Events dropped because the no-backend queue was full.
+    pub dropped_events: u64,
+    /// Backend lines answered with an `error` line.
+    pub bad_backend_lines: u64,
+}
+
+/// Start-up failures: each names the flag whose value could not be used.
+#[derive(Debug)]
+pub struct StartError(pub String);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A (key, serial) pair naming one connection even after its key is reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ConnRef {
+    key: usize,
+    serial: u64,
+}
+
+/// How a client connection stands.
+#[derive(Debug)]
+enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// Waiting for a backend's answer to our `connection_request`.
+    Pending {
+        url: Box<str>,
+        accept_key: Box<str>,
+        backend: ConnRef,
+    },
+    /// Upgraded and registered in the hub.
+    Open,
+    /// Our last bytes are queued; the socket closes once they are written
+    /// (and, when `await_peer`, once the client's close frame or EOF comes),
+    /// or when the close timeout passes.
+    Closing { await_peer: bool },
+}
+
+/// What a client's events carry: its identity, serialised once.
+#[derive(Debug)]
+struct ClientContext {
+    json: Box<[u8]>,
+}
+
+/// One WebSocket client connection.
+#[derive(Debug)]
+struct Client {
+    sock: TcpStream,
+    serial: u64,
+    peer: SocketAddr,
+    phase: Phase,
+    /// Bytes read but not yet consumed (a partial request head or frame).
+    inbuf: Vec<u8>,
+    reader: FrameReader,
+    outq: OutQueue,
+    readable: bool,
+    writable: bool,
+    /// Listed in `Server::dirty_clients` this turn.
+    dirty: bool,
+    /// Set once the client is accepted.
+    context: Option<ClientContext>,
+    /// The backend that gets this client's events while it lives.
+    backend: Option<ConnRef>,
+}
+
+/// One application backend connection.
+#[derive(Debug)]
+struct Backend {
+    sock: TcpStream,
+    serial: u64,
+    peer: SocketAddr,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_pos: usize,
+    readable: bool,
+    writable: bool,
+    dirty: bool,
+    closing: bool,
+}
+
+/// Who a backend message goes to.
+#[derive(Debug, Clone, Copy)]
+enum Audience<'a> {
+    /// Every open client.
+    All,
+    /// The members of one room.
+    Room(&'a str),
+    /// Every connection of one client id.
+    ClientId(&'a str),
+}
+
+/// How to end a client connection.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    /// Send an HTTP error status (before any upgrade) and close.
+    Http(u16, &'static str, &'static str),
+    /// Close once what is already queued is written.
+    Flush,
+    /// Send a close frame; wait for the client's close when `await_peer`.
+    Close {
+        code: u16,
+        reason: &'static str,
+        await_peer: bool,
+    },
+    /// Answer the client's close frame (echoing its code) and close.
+    Echo(Option<u16>),
+    /// The socket is gone (EOF, reset, error): drop it now.
+    Drop,
+}
+
+/// The broker.
+pub struct Server {
+    config: Config,
+    poll: Poll,
+    ws_listener: Option<TcpListener>,
+    backend_listener: Option<TcpListener>,
+    ws_addr: SocketAddr,
+    backend_addr: SocketAddr,
+    signals: Signals,
+    clients: Slab<Client>,
+    backends: Slab<Backend>,
+    hub: Hub,
+    /// Connection requests waiting for an answer, by request serial.
+    pending: AHashMap<u64, usize>,
+    /// Backends that take events, in round-robin order.
+    live_backends: Vec<usize>,
+    next_backend: usize,
+    /// Events waiting for a backend to connect (bounded by `--queue-size`).
+    queue: VecDeque<Vec<u8>>,
+    /// Connect-timeout deadlines, in order (the timeout is constant).
+    connect_deadlines: VecDeque<(Instant, ConnRef)>,
+    /// Close-timeout deadlines, in order.
+    close_deadlines: VecDeque<(Instant, ConnRef)>,
+    next_heartbeat: Instant,
+    next_serial: u64,
+    scratch: Vec<u8>,
+    json_buffers: simd_json::Buffers,
+    dirty_clients: Vec<usize>,
+    dirty_backends: Vec<usize>,
+    /// Clients with unread input left after their turn's budget.
+    read_again: Vec<usize>,
+    /// Backends with unread input left after their turn's budget.
+    backend_read_again: Vec<usize>,
+    /// Clients whose queue passed `--max-outbound-bytes` during a fan-out.
+    overflowed: Vec<usize>,
+    /// Keys to remove from the slabs at the end of the turn.
+    dead_clients: Vec<usize>,
+    dead_backends: Vec<usize>,
+    shutdown_deadline: Option<Instant>,
+    stats: Stats,
+}
+
+fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).map_err(|e| StartError(format!("{flag}: cannot listen on {addr}: {e}")))
+}
+
+impl Server {
+    /// Binds both ports and prepares the loop; nothing is served until [`run`](Self::run).
+    pub fn bind(config: Config) -> Result<Server, StartError> {
+        let poll = Poll::new().map_err(|e| StartError(format!("cannot create the poller: {e}")))?;
+        let mut ws_listener = bind(SocketAddr::new(config.host, config.ws_port), "--ws-port")?;
+        let mut backend_listener = bind(
+            SocketAddr::new(config.backend_host, config.tcp_port),
+            "--tcp-port",
+        )?;
+        let local = |l: &TcpListener| {
+            l.local_addr()
+                .map_err(|e| StartError(format!("cannot read a listener's address: {e}")))
+        };
+        let ws_addr = local(&ws_listener)?;
+        let backend_addr = local(&backend_listener)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM])
+            .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
+        let registry = poll.registry();
+        let register_err = |e: io::Error| StartError(format!("cannot register with the poller: {e}"));
+        registry
+            .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)
+            .map_err(register_err)?;
+        registry
+            .register(&mut backend_listener, BACKEND_LISTENER, Interest::READABLE)
+            .map_err(register_err)?;
+        registry
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(register_err)?;
+        let now = Instant::now();
+        Ok(Server {
+            next_heartbeat: now + config.heartbeat_interval,
+            config,
+            poll,
+            ws_listener: Some(ws_listener),
+            backend_listener: Some(backend_listener),
+            ws_addr,
+            backend_addr,
+            signals,
+            clients: Slab::new(),
+            backends: Slab::new(),
+            hub: Hub::new(),
+            pending: AHashMap::new(),
+            live_backends: Vec::new(),
+            next_backend: 0,
+            queue: VecDeque::new(),
+            connect_deadlines: VecDeque::new(),
+            close_deadlines: VecDeque::new(),
+            next_serial: 1,
+            scratch: vec![0; READ_CHUNK],
+            json_buffers: simd_json::Buffers::default(),
+            dirty_clients: Vec::new(),
+            dirty_backends: Vec::new(),
+            read_again: Vec::new(),
+            backend_read_again: Vec::new(),
+            overflowed: Vec::new(),
+            dead_clients: Vec::new(),
+            dead_backends: Vec::new(),
+            shutdown_deadline: None,
+            stats: Stats::default(),
+        })
+    }
+
+    /// The bound WebSocket address (the real port when `--ws-port 0`).
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// The bound backend address.
+    pub fn backend_addr(&self) -> SocketAddr {
+        self.backend_addr
+    }
+
+    /// Serves until SIGINT or SIGTERM, then drains and returns the counters.
+    /// Only a failure of the poller itself is an error.
+    pub fn run(mut self) -> io::Result<Stats> {
+        info!(
+            "listening websocket={} backend={}",
+            self.ws_addr, self.backend_addr
+        );
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WS_LISTENER => self.accept_clients(),
+                    BACKEND_LISTENER => self.accept_backends(),
+                    SIGNALS => self.on_signal(),
+                    Token(t) if t >= BACKEND_BASE => {
+                        let key = t - BACKEND_BASE;
+                        if let Some(b) = self.backends.get_mut(key) {
+                            b.readable |= event.is_readable() || event.is_read_closed();
+                            if event.is_writable() {
+                                b.writable = true;
+                                self.mark_backend_dirty(key);
+                            }
+                            self.backend_read(key);
+                        }
+                    }
+                    Token(t) => {
+                        let Some(key) = t.checked_sub(CLIENT_BASE) else {
+                            continue;
+                        };
+                        if let Some(c) = self.clients.get_mut(key) {
+                            c.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                            if event.is_writable() {
+                                c.writable = true;
+                                self.mark_client_dirty(key);
+                            }
+                            self.client_read(key);
+                        }
+                    }
+                }
+            }
+            for key in std::mem::take(&mut self.backend_read_again) {
+                self.backend_read(key);
+            }
+            for key in std::mem::take(&mut self.read_again) {
+                self.client_read(key);
+            }
+            self.fire_deadlines(Instant::now());
+            self.flush_all();
+            self.reap();
+            if let Some(deadline) = self.shutdown_deadline {
+                let drained = self.clients.is_empty()
+                    && self.backends.iter().all(|(_, b)| b.out_pos == b.out.len());
+                if drained || Instant::now() >= deadline {
+                    info!(
+                        "stopped: {} clients still open at exit; accepted {}, rejected {}, \
+                         unavailable {}, slow consumers {}, protocol errors {}, dropped events {}",
+                        self.clients.len(),
+                        self.stats.accepted,
+                        self.stats.rejected,
+                        self.stats.unavailable,
+                        self.stats.slow_consumers,
+                        self.stats.protocol_errors,
+                        self.stats.dropped_events
+                    );
+                    return Ok(self.stats);
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.read_again.is_empty() || !self.backend_read_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let mut next = self.next_heartbeat;
+        if let Some((d, _)) = self.connect_deadlines.front() {
+            next = next.min(*d);
+        }
+        if let Some((d, _)) = self.close_deadlines.front() {
+            next = next.min(*d);
+        }
+        if let Some(d) = self.shutdown_deadline {
+            next = next.min(d);
+        }
+        // Round up so a deadline is past when we wake.
+        Some(next.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+    }
+
+    fn serial(&mut self) -> u64 {
+        self.next_serial += 1;
+        self.next_serial
+    }
+
+    // ---------------------------------------------------------------- accept
+
+    fn accept_clients(&mut self) {
+        loop {
+            let Some(listener) = self.ws_listener.as_ref() else {
+                return;
+            };
+            let (mut sock, peer) = match listener.accept() {
+                Ok(conn) => conn,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("cannot accept a WebSocket connection: {e}");
+                    return;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let serial = self.serial();
+            let entry = self.clients.vacant_entry();
+            let key = entry.key();
+            let token = Token(CLIENT_BASE + key);
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                warn!("cannot register client {peer}: {e}");
+                continue;
+            }
+            entry.insert(Client {
+                sock,
+                serial,
+                peer,
+                phase: Phase::Handshake,
+                inbuf: Vec::new(),
+                reader: FrameReader::new(self.config.max_message_size),
+                outq: OutQueue::new(),
+                readable: false,
+                writable: false,
+                dirty: false,
+                context: None,
+                backend: None,
+            });
+            debug!("client {peer} connected (key {key})");
+        }
+    }
+
+    fn accept_backends(&mut self) {
+        loop {
+            let Some(listener) = self.backend_listener.as_ref() else {
+                return;
+            };
+            let (mut sock, peer) = match listener.accept() {
+                Ok(conn) => conn,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    warn!("cannot accept a backend connection: {e}");
+                    return;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let serial = self.serial();
+            let entry = self.backends.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                Token(BACKEND_BASE + key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("cannot register backend {peer}: {e}");
+                continue;
+            }
+            let mut out = Vec::new();
+            // Events that waited for a backend go first, in order.
+            let flushed = self.queue.len();
+            for line in self.queue.drain(..) {
+                out.extend_from_slice(&line);
+            }
+            self.queue = VecDeque::new();
+            entry.insert(Backend {
+                sock,
+                serial,
+                peer,
+                inbuf: Vec::new(),
+                out,
+                out_pos: 0,
+                readable: false,
+                writable: false,
+                dirty: false,
+                closing: false,
+            });
+            self.live_backends.push(key);
+            self.mark_backend_dirty(key);
+            info!(
+                "backend {peer} connected ({} connected); {flushed} queued events sent to it",
+                self.live_backends.len()
+            );
+        }
+    }
+
+    // ---------------------------------------------------------------- clients
+
+    fn mark_client_dirty(&mut self, key: usize) {
+        if let Some(c) = self.clients.get_mut(key) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty_clients.push(key);
+            }
+        }
+    }
+
+    /// Queues `frame` on client `key`; a client whose queue passes
+    /// `--max-outbound-bytes` is closed as a slow consumer.
+    fn enqueue(&mut self, key: usize, frame: Shared) {
+        let limit = self.config.max_outbound_bytes;
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        c.outq.push(frame);
+        if !c.dirty {
+            c.dirty = true;
+            self.dirty_clients.push(key);
+        }
+        if c.outq.bytes() > limit && matches!(c.phase, Phase::Open) {
+            self.slow_consumer(key);
+        }
+    }
+
+    fn slow_consumer(&mut self, key: usize) {
+        self.stats.slow_consumers += 1;
+        if let Some(c) = self.clients.get_mut(key) {
+            info!(
+                "client {} closed: slow consumer, {} bytes queued (see --max-outbound-bytes)",
+                c.peer,
+                c.outq.bytes()
+            );
+            c.outq.discard_unstarted();
+        }
+        self.end_client(
+            key,
+            Ending::Close {
+                code: 1008,
+                reason: "slow consumer",
+                await_peer: false,
+            },
+        );
+    }
+
+    fn client_read(&mut self, key: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(c) = self.clients.get_mut(key) else {
+                return;
+            };
+            if !c.readable || matches!(c.phase, Phase::Pending { .. }) {
+                return;
+            }
+            if budget == 0 {
+                self.read_again.push(key);
+                return;
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let result = c.sock.read(&mut scratch);
+            let n = match result {
+                Ok(0) => {
+                    self.scratch = scratch;
+                    self.client_eof(key);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.scratch = scratch;
+                    c.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    self.scratch = scratch;
+                    continue;
+                }
+                Err(e) => {
+                    self.scratch = scratch;
+                    debug!("client {} read error: {e}", c.peer);
+                    self.end_client(key, Ending::Drop);
+                    return;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            if c.inbuf.is_empty() {
+                let used = self.consume_client_bytes(key, &mut scratch[..n]);
+                if used < n {
+                    if let Some(c) = self.clients.get_mut(key) {
+                        c.inbuf.extend_from_slice(&scratch[used..n]);
+                    }
+                }
+            } else {
+                c.inbuf.extend_from_slice(&scratch[..n]);
+                self.consume_client_inbuf(key);
+            }
+            self.scratch = scratch;
+        }
+    }
+
+    /// Processes the bytes a client has buffered (for example frames sent
+    /// right behind the upgrade request, while it waited for the backend).
+    fn consume_client_inbuf(&mut self, key: usize) {
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        if c.inbuf.is_empty() {
+            return;
+        }
+        let mut inbuf = std::mem::take(&mut c.inbuf);
+        let used = self.consume_client_bytes(key, &mut inbuf);
+        inbuf.drain(..used);
+        if let Some(c) = self.clients.get_mut(key) {
+            if inbuf.is_empty() {
+                inbuf = Vec::new();
+            }
+            c.inbuf = inbuf;
+        }
+    }
+
+    /// Feeds bytes to the client's state machine; returns how many were used.
+    fn consume_client_bytes(&mut self, key: usize, bytes: &mut [u8]) -> usize {
+        let Some(c) = self.clients.get_mut(key) else {
+            return bytes.len();
+        };
+        match c.phase {
+            Phase::Handshake => self.handshake_bytes(key, bytes),
+            Phase::Pending { .. } => 0,
+            Phase::Open | Phase::Closing { await_peer: true } => {
+                let mut reader =
+                    std::mem::replace(&mut c.reader, FrameReader::new(self.config.max_message_size));
+                let result = reader.read(bytes, |event| self.client_event(key, event));
+                if let Some(c) = self.clients.get_mut(key) {
+                    c.reader = reader;
+                }
+                match result {
+                    Ok(used) => used,
+                    Err(e) => {
+                        self.protocol_error(key, e);
+                        bytes.len()
+                    }
+                }
+            }
+            Phase::Closing { await_peer: false } => bytes.len(),
+        }
+    }
+
+    fn protocol_error(&mut self, key: usize, e: FrameError) {
+        let Some(c) = self.clients.get(key) else {
+            return;
+        };
+        if let Phase::Closing { .. } = c.phase {
+            self.end_client(key, Ending::Drop);
+            return;
+        }
+        self.stats.protocol_errors += 1;
+        debug!("client {} protocol error: {}", c.peer, e.reason());
+        self.end_client(
+            key,
+            Ending::Close {
+                code: e.close_code(),
+                reason: e.reason(),
+                await_peer: false,
+            },
+        );
+    }
+
+    /// One frame-level event from an open (or closing) client; returns
+    /// whether to keep reading.
+    fn client_event(&mut self, key: usize, event: Event<'_>) -> bool {
+        let Some(c) = self.clients.get(key) else {
+            return false;
+        };
+        if let Phase::Closing { .. } = c.phase {
+            // After our close frame only the client's close matters.
+            if let Event::Close(..) = event {
+                self.end_client(key, Ending::Drop);
+                return false;
+            }
+            return true;
+        }
+        match event {
+            Event::Text(text) => {
+                self.route_client_event(key, |out, ctx| backend::push_new_message(out, text, ctx));
+                true
+            }
+            Event::Binary(_) => {
+                self.end_client(
+                    key,
+                    Ending::Close {
+                        code: 1003,
+                        reason: "binary messages are not supported",
+                        await_peer: false,
+                    },
+                );
+                false
+            }
+            Event::Ping(payload) => {
+                let pong = encode::pong(payload);
+                self.enqueue(key, pong);
+                true
+            }
+            Event::Pong => true,
+            Event::Close(code, _) => {
+                self.end_client(key, Ending::Echo(code));
+                false
+            }
+        }
+    }
+
+    fn client_eof(&mut self, key: usize) {
+        if let Some(c) = self.clients.get(key) {
+            debug!("client {} closed its connection", c.peer);
+        }
+        self.end_client(key, Ending::Drop);
+    }
+
+    fn handshake_bytes(&mut self, key: usize, bytes: &mut [u8]) -> usize {
+        let max_headers = self.config.max_headers;
+        let max_size = self.config.max_request_size;
+        // `bytes` holds the whole head received so far (a head spanning
+        // reads is accumulated in the client's inbuf and parsed from there).
+        match handshake::parse(bytes, max_headers) {
+            Ok(None) => {
+                if let Err(e) = handshake::check_size(bytes.len(), max_size) {
+                    self.refuse_handshake(key, e);
+                    return bytes.len();
+                }
+                0
+            }
+            Err(e) => {
+                self.refuse_handshake(key, e);
+                bytes.len()
+            }
+            Ok(Some((request, head_len))) => {
+                if head_len > max_size {
+                    self.refuse_handshake(
+                        key,
+                        handshake::HandshakeError::TooLarge(
+                            "request head too large (see --max-request-size)",
+                        ),
+                    );
+                    return bytes.len();
+                }
+                self.connection_request(key, request);
+                head_len
+            }
+        }
+    }
+
+    fn refuse_handshake(&mut self, key: usize, e: handshake::HandshakeError) {
+        if let Some(c) = self.clients.get(key) {
+            debug!("client {} handshake refused: {e:?}", c.peer);
+        }
+        if let Some(c) = self.clients.get_mut(key) {
+            c.outq.push(Rc::from(e.response()));
+        }
+        self.end_client(key, Ending::Flush);
+    }
+
+    /// Sends `connection_request` to the next backend and parks the client.
+    fn connection_request(&mut self, key: usize, request: handshake::UpgradeRequest) {
+        if self.shutdown_deadline.is_some() {
+            self.stats.unavailable += 1;
+            self.end_client(key, Ending::Http(503, "Service Unavailable", "server shutting down"));
+            return;
+        }
+        let Some(bkey) = self.pick_backend() else {
+            self.stats.unavailable += 1;
+            self.end_client(
+                key,
+                Ending::Http(503, "Service Unavailable", "no backend connected"),
+            );
+            return;
+        };
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        let serial = c.serial;
+        let remote = c.peer.to_string();
+        let Some(b) = self.backends.get_mut(bkey) else {
+            return;
+        };
+        let backend = ConnRef {
+            key: bkey,
+            serial: b.serial,
+        };
+        backend::push_connection_request(
+            &mut b.out,
+            &serial.to_string(),
+            &request.headers_json,
+            &request.url,
+            &remote,
+        );
+        c.phase = Phase::Pending {
+            url: request.url.into_boxed_str(),
+            accept_key: request.accept_key.into_boxed_str(),
+            backend,
+        };
+        c.backend = Some(backend);
+        self.pending.insert(serial, key);
+        self.connect_deadlines.push_back((
+            Instant::now() + self.config.connect_timeout,
+            ConnRef { key, serial },
+        ));
+        self.mark_backend_dirty(bkey);
+    }
+
+    /// Ends a client connection in the given way. Leaving the hub and the
+    /// `disconnected` event happen here, once; the socket itself is closed
+    /// when its last bytes are out (or at once for [`Ending::Drop`]).
+    fn end_client(&mut self, key: usize, ending: Ending) {
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        let was_open = matches!(c.phase, Phase::Open);
+        if let Phase::Pending { .. } = c.phase {
+            self.pending.remove(&c.serial);
+        }
+        let already_closing = matches!(c.phase, Phase::Closing { .. });
+        let await_peer = match ending {
+            Ending::Drop => {
+                self.dead_clients.push(key);
+                c.phase = Phase::Closing { await_peer: false };
+                c.readable = false;
+                None
+            }
+            _ if already_closing => None,
+            Ending::Http(status, text, reason) => {
+                let reply = handshake::http_response(status, text, reason, "");
+                c.outq.push(Rc::from(reply));
+                Some(false)
+            }
+            Ending::Flush => Some(false),
+            Ending::Close {
+                code,
+                reason,
+                await_peer,
+            } => {
+                c.outq.push(encode::close(Some(code), reason));
+                Some(await_peer)
+            }
+            Ending::Echo(code) => {
+                c.outq.push(encode::close(code, ""));
+                Some(false)
+            }
+        };
+        if let Some(await_peer) = await_peer {
+            c.phase = Phase::Closing { await_peer };
+            let serial = c.serial;
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty_clients.push(key);
+            }
+            self.close_deadlines.push_back((
+                Instant::now() + self.config.close_timeout,
+                ConnRef { key, serial },
+            ));
+        }
+        if was_open {
+            self.hub.leave(key);
+            self.route_client_event(key, backend::push_disconnected);
+        }
+    }
+
+    // ---------------------------------------------------------------- routing
+
+    fn pick_backend(&mut self) -> Option<usize> {
+        if self.live_backends.is_empty() {
+            return None;
+        }
+        let i = self.next_backend % self.live_backends.len();
+        self.next_backend = self.next_backend.wrapping_add(1);
+        Some(self.live_backends[i])
+    }
+
+    fn backend_alive(&self, r: ConnRef) -> bool {
+        self.backends
+            .get(r.key)
+            .is_some_and(|b| b.serial == r.serial && !b.closing)
+    }
+
+    /// Appends one event of client `key` (built by `write` from the
+    /// client's context) to its backend, choosing one if it has none or
+    /// its backend is gone; with no backend connected, to the queue.
+    fn route_client_event(&mut self, key: usize, write: impl FnOnce(&mut Vec<u8>, &[u8])) {
+        let Some(c) = self.clients.get(key) else {
+            return;
+        };
+        if c.context.is_none() {
+            return;
+        }
+        let current = c.backend.filter(|r| self.backend_alive(*r));
+        let target = match current {
+            Some(r) => Some(r),
+            None => self.pick_backend().map(|bkey| ConnRef {
+                key: bkey,
+                serial: self.backends[bkey].serial,
+            }),
+        };
+        let Some(c) = self.clients.get_mut(key) else {
+            return;
+        };
+        let Some(context) = c.context.as_ref() else {
+            return;
+        };
+        match target {
+            Some(r) => {
+                c.backend = Some(r);
+                if let Some(b) = self.backends.get_mut(r.key) {
+                    write(&mut b.out, &context.json);
+                    if !b.dirty {
+                        b.dirty = true;
+                        self.dirty_backends.push(r.key);
+                    }
+                }
+            }
+            None => {
+                c.backend = None;
+                if self.config.queue_size == 0 {
+                    self.stats.dropped_events += 1;
+                    debug!("event dropped: no backend connected and --queue-size is 0");
+                    return;
+                }
+                let mut line = Vec::with_capacity(128);
+                write(&mut line, &context.json);
+                if self.queue.len() >= self.config.queue_size {
+                    self.queue.pop_front();
+                    self.stats.dropped_events += 1;
+                    warn!(
+                        "no backend connected: event queue full (--queue-size {}), oldest event dropped ({} dropped so far)",
+                        self.config.queue_size, self.stats.dropped_events
+                    );
+                }
+                self.queue.push_back(line);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- backends
+
+    fn mark_backend_dirty(&mut self, key: usize) {
+        if let Some(b) = self.backends.get_mut(key) {
+            if !b.dirty {
+                b.dirty = true;
+                self.dirty_backends.push(key);
+            }
+        }
+    }
+
+    fn backend_read(&mut self, key: usize) {
+        let mut budget = READ_BUDGET * 4;
+        loop {
+            let Some(b) = self.backends.get_mut(key) else {
+                return;
+            };
+            if !b.readable || b.closing {
+                return;
+            }
+            if budget == 0 {
+                self.backend_read_again.push(key);
+                return;
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let n = match b.sock.read(&mut scratch) {
+                Ok(0) => {
+                    info!("backend {} disconnected", b.peer);
+                    self.scratch = scratch;
+                    self.end_backend(key);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) => {
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => b.readable = false,
+                        io::ErrorKind::Interrupted => {}
+                        _ => {
+                            info!("backend {} disconnected: {e}", b.peer);
+                            self.end_backend(key);
+                        }
+                    }
+                    self.scratch = scratch;
+                    continue;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            if b.inbuf.is_empty() {
+                // Common case: whole lines in this read; only a partial
+                // last line is copied into the backend's own buffer.
+                let used = self.backend_lines(key, &mut scratch[..n]);
+                if let Some(b) = self.backends.get_mut(key) {
+                    b.inbuf.extend_from_slice(&scratch[used..n]);
+                }
+            } else {
+                b.inbuf.extend_from_slice(&scratch[..n]);
+                let mut inbuf = std::mem::take(&mut b.inbuf);
+                let used = self.backend_lines(key, &mut inbuf);
+                inbuf.drain(..used);
+                if let Some(b) = self.backends.get_mut(key) {
+                    b.inbuf = if inbuf.is_empty() { Vec::new() } else { inbuf };
+                }
+            }
+            self.scratch = scratch;
+            let max_line = self.config.max_line_size;
+            if let Some(b) = self.backends.get_mut(key) {
+                if b.inbuf.len() > max_line {
+                    warn!(
+                        "backend {} closed: a line longer than {max_line} bytes (see --max-line-size)",
+                        b.peer
+                    );
+                    self.end_backend(key);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Carries out every complete line at the start of `buf`; returns the
+    /// bytes consumed (everything up to the last newline).
+    fn backend_lines(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let mut buffers = std::mem::take(&mut self.json_buffers);
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
+            let line = trim_cr(&mut buf[start..start + nl]);
+            start += nl + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            if !self.backends.get(key).is_some_and(|b| !b.closing) {
+                break;
+            }
+            self.backend_line(key, line, &mut buffers);
+        }
+        self.json_buffers = buffers;
+        start
+    }
+
+    fn backend_line(&mut self, key: usize, line: &mut [u8], buffers: &mut simd_json::Buffers) {
+        let value = match backend::parse_line(line, buffers) {
+            Ok(v) => v,
+            Err(e) => return self.reply_line_error(key, None, &e.0),
+        };
+        let command = match backend::decode(&value) {
+            Ok(c) => c,
+            Err(e) => return self.reply_line_error(key, backend::request_id(&value), &e.0),
+        };
+        match command {
+            Command::Broadcast { message } => self.fan_out(Audience::All, &message),
+            Command::MessageToRoom { room_id, message } => {
+                self.fan_out(Audience::Room(&room_id), &message)
+            }
+            Command::MessageToConnection { conn_id, message } => {
+                self.fan_out(Audience::ClientId(&conn_id), &message)
+            }
+            Command::Response {
+                request_id,
+                accepted,
+                client_id,
+                room_id,
+                metadata,
+            } => {
+                let serial = request_id.parse::<u64>().ok();
+                let Some(ckey) = serial.and_then(|s| self.pending.remove(&s)) else {
+                    debug!("response for unknown or expired request {request_id}");
+                    return;
+                };
+                if !accepted {
+                    self.stats.rejected += 1;
+                    self.end_client(
+                        ckey,
+                        Ending::Http(403, "Forbidden", "connection rejected by the application"),
+                    );
+                    return;
+                }
+                let Some(c) = self.clients.get_mut(ckey) else {
+                    return;
+                };
+                let Phase::Pending { url, accept_key, .. } =
+                    std::mem::replace(&mut c.phase, Phase::Open)
+                else {
+                    return;
+                };
+                let client_id = client_id
+                    .map(|s| s.into_owned())
+                    .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+                let room_id = room_id.map_or_else(|| url.to_string(), |s| s.into_owned());
+                let json = backend::context_json(&client_id, &room_id, metadata);
+                c.outq.push(Rc::from(handshake::switching_protocols(&accept_key)));
+                c.context = Some(ClientContext { json });
+                c.backend = self.backends.get(key).map(|b| ConnRef {
+                    key,
+                    serial: b.serial,
+                });
+                self.stats.accepted += 1;
+                debug!("client {} accepted as {client_id} in {room_id}", c.peer);
+                self.hub.join(ckey, &client_id, &room_id);
+                self.mark_client_dirty(ckey);
+                self.route_client_event(ckey, backend::push_new_connection);
+                // Frames the client sent right behind its request.
+                self.consume_client_inbuf(ckey);
+                self.read_again.push(ckey);
+            }
+        }
+    }
+
+    /// Encodes `message` once and queues that one buffer on every client
+    /// of the audience. Clients pushed past `--max-outbound-bytes` are
+    /// closed afterwards, so the member list is never changed mid-walk.
+    fn fan_out(&mut self, audience: Audience<'_>, message: &str) {
+        let members = match audience {
+            Audience::All => self.hub.all(),
+            Audience::Room(room) => self.hub.room(room),
+            Audience::ClientId(id) => self.hub.connections(id),
+        };
+        if members.is_empty() {
+            return;
+        }
+        let frame = encode::message(message.as_bytes(), false);
+        let limit = self.config.max_outbound_bytes;
+        for &key in members {
+            let Some(c) = self.clients.get_mut(key) else {
+                continue;
+            };
+            c.outq.push(frame.clone());
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty_clients.push(key);
+            }
+            if c.outq.bytes() > limit {
+                self.overflowed.push(key);
+            }
+        }
+        for key in std::mem::take(&mut self.overflowed) {
+            self.slow_consumer(key);
+        }
+    }
+
+    fn reply_line_error(&mut self, key: usize, request_id: Option<&str>, error: &str) {
+        self.stats.bad_backend_lines += 1;
+        if let Some(b) = self.backends.get_mut(key) {
+            warn!("backend {}: line refused: {error}", b.peer);
+            backend::push_line_error(&mut b.out, request_id, error);
+        }
+        self.mark_backend_dirty(key);
+    }
+
+    /// A backend is gone (or must go): requests waiting on it get 503, its
+    /// clients move to another backend with their next event.
+    fn end_backend(&mut self, key: usize) {
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        if b.closing {
+            return;
+        }
+        b.closing = true;
+        let gone = ConnRef {
+            key,
+            serial: b.serial,
+        };
+        self.live_backends.retain(|&k| k != key);
+        self.dead_backends.push(key);
+        let orphans: Vec<usize> = self
+            .pending
+            .values()
+            .copied()
+            .filter(|&ckey| {
+                self.clients.get(ckey).is_some_and(
+                    |c| matches!(c.phase, Phase::Pending { backend, .. } if backend == gone),
+                )
+            })
+            .collect();
+        for ckey in orphans {
+            self.fail_pending(ckey, "the backend handling the request disconnected");
+        }
+    }
+
+    /// A connection request that will get no answer: 503 to the client and
+    /// an `error` event to a backend, if one is connected.
+    fn fail_pending(&mut self, key: usize, why: &'static str) {
+        let Some(c) = self.clients.get(key) else {
+            return;
+        };
+        let Phase::Pending { url, .. } = &c.phase else {
+            return;
+        };
+        let context = backend::context_json("", url, None);
+        let peer = c.peer;
+        self.stats.unavailable += 1;
+        debug!("connection request from {peer} failed: {why}");
+        self.end_client(key, Ending::Http(503, "Service Unavailable", why));
+        if let Some(bkey) = self.pick_backend() {
+            if let Some(b) = self.backends.get_mut(bkey) {
+                backend::push_client_error(
+                    &mut b.out,
+                    &context,
+                    &format!("connection request from {peer} failed: {why}"),
+                );
+            }
+            self.mark_backend_dirty(bkey);
+        }
+    }
+
+    // ---------------------------------------------------------------- timers
+
+    fn fire_deadlines(&mut self, now: Instant) {
+        while let Some(&(deadline, r)) = self.connect_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.connect_deadlines.pop_front();
+            let waiting = self
+                .clients
+                .get(r.key)
+                .is_some_and(|c| c.serial == r.serial && matches!(c.phase, Phase::Pending { .. }));
+            if waiting {
+                self.fail_pending(r.key, "no answer from the backend within --connect-timeout");
+            }
+        }
+        while let Some(&(deadline, r)) = self.close_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.close_deadlines.pop_front();
+            if self.clients.get(r.key).is_some_and(|c| c.serial == r.serial) {
+                self.end_client(r.key, Ending::Drop);
+            }
+        }
+        if now >= self.next_heartbeat {
+            self.next_heartbeat = now + self.config.heartbeat_interval;
+            for i in 0..self.live_backends.len() {
+                let key = self.live_backends[i];
+                if let Some(b) = self.backends.get_mut(key) {
+                    backend::push_heartbeat(&mut b.out);
+                }
+                self.mark_backend_dirty(key);
+            }
+        }
+    }
+
+    fn on_signal(&mut self) {
+        let mut stop = false;
+        for signal in self.signals.pending() {
+            stop |= signal == SIGINT || signal == SIGTERM;
+        }
+        if !stop || self.shutdown_deadline.is_some() {
+            return;
+        }
+        info!(
+            "shutting down: closing {} clients (bounded by --close-timeout)",
+            self.clients.len()
+        );
+        self.shutdown_deadline = Some(Instant::now() + self.config.close_timeout);
+        for mut listener in [self.ws_listener.take(), self.backend_listener.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.clients.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            match self.clients[key].phase {
+                Phase::Open => self.end_client(
+                    key,
+                    Ending::Close {
+                        code: 1001,
+                        reason: "server shutting down",
+                        await_peer: true,
+                    },
+                ),
+                Phase::Handshake | Phase::Pending { .. } => self.end_client(
+                    key,
+                    Ending::Http(503, "Service Unavailable", "server shutting down"),
+                ),
+                Phase::Closing { .. } => {}
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    fn flush_all(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty_clients);
+        for &key in &dirty {
+            let Some(c) = self.clients.get_mut(key) else {
+                continue;
+            };
+            c.dirty = false;
+            if !c.writable {
+                continue;
+            }
+            match c.outq.flush(&mut c.sock) {
+                Ok(Flushed::All) => {
+                    if let Phase::Closing { await_peer: false } = c.phase {
+                        self.dead_clients.push(key);
+                    }
+                }
+                Ok(Flushed::Blocked) => c.writable = false,
+                Err(e) => {
+                    debug!("client {} write error: {e}", c.peer);
+                    self.end_client(key, Ending::Drop);
+                }
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty_clients.is_empty() {
+            self.dirty_clients = dirty;
+        }
+        let dirty = std::mem::take(&mut self.dirty_backends);
+        for &key in &dirty {
+            let Some(b) = self.backends.get_mut(key) else {
+                continue;
+            };
+            b.dirty = false;
+            if !b.writable {
+                continue;
+            }
+            while b.out_pos < b.out.len() {
+                match b.sock.write(&b.out[b.out_pos..]) {
+                    Ok(0) => break,
+                    Ok(n) => b.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        b.writable = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if !b.closing {
+                            info!("backend {} disconnected: {e}", b.peer);
+                        }
+                        b.out_pos = b.out.len();
+                        self.end_backend(key);
+                        break;
+                    }
+                }
+            }
+            if let Some(b) = self.backends.get_mut(key) {
+                if b.out_pos == b.out.len() {
+                    b.out.clear();
+                    b.out_pos = 0;
+                    if b.out.capacity() > 4 * READ_CHUNK {
+                        b.out = Vec::new();
+                    }
+                }
+            }
+        }
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty_backends.is_empty() {
+            self.dirty_backends = dirty;
+        }
+    }
+
+    /// Removes the connections that ended this turn.
+    fn reap(&mut self) {
+        for key in std::mem::take(&mut self.dead_clients) {
+            let Some(c) = self.clients.try_remove(key) else {
+                continue;
+            };
+            let mut c = c;
+            let _ = self.poll.registry().deregister(&mut c.sock);
+        }
+        for key in std::mem::take(&mut self.dead_backends) {
+            if !self.backends.contains(key) {
+                continue;
+            }
+            let mut b = self.backends.remove(key);
+            let _ = self.poll.registry().deregister(&mut b.sock);
+        }
+    }
+}
+
+fn trim_cr(line: &mut [u8]) -> &mut [u8] {
+    match line.last() {
+        Some(b'\r') => {
+            let n = line.len() - 1;
+            &mut line[..n]
+        }
+        _ => line,
+    }
+}

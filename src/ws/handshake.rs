@@ -1,0 +1,269 @@
+//! The HTTP upgrade: parse a client's request (bounded), build the replies.
+//!
+//! Parsing uses `httparse` over the bytes read so far; nothing is copied
+//! until the request is complete. A complete request is checked against
+//! RFC 6455 section 4.2.1 and turned into an [`UpgradeRequest`]: the accept
+//! key, the path reported to backends as `url`, and the headers already
+//! serialised as the JSON object a `connection_request` carries (names in
+//! canonical MIME form, each with the list of its values).
+
+use std::fmt::Write as _;
+
+use tungstenite::handshake::derive_accept_key;
+
+use crate::json;
+
+/// What a complete, valid upgrade request yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpgradeRequest {
+    /// `Sec-WebSocket-Accept` value for the 101 reply.
+    pub accept_key: String,
+    /// Request path without query string, percent-decoded when that gives
+    /// UTF-8 (as the original broker reported it).
+    pub url: String,
+    /// `{"Name":["value",...],...}` in request order.
+    pub headers_json: Vec<u8>,
+    /// The `Origin` header, if any.
+    pub origin: Option<String>,
+}
+
+/// Why an upgrade request was refused before reaching a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeError {
+    /// 400 Bad Request, with the reason sent in the body.
+    BadRequest(&'static str),
+    /// 400 with `Sec-WebSocket-Version: 13`: the client speaks another version.
+    BadVersion,
+    /// 431: the request head is larger than `--max-request-size` or carries
+    /// more than `--max-headers` headers.
+    TooLarge(&'static str),
+}
+
+impl HandshakeError {
+    /// The HTTP reply for this refusal.
+    pub fn response(&self) -> Vec<u8> {
+        match *self {
+            HandshakeError::BadRequest(why) => http_response(400, "Bad Request", why, ""),
+            HandshakeError::BadVersion => http_response(
+                400,
+                "Bad Request",
+                "unsupported Sec-WebSocket-Version (this server speaks 13)",
+                "Sec-WebSocket-Version: 13\r\n",
+            ),
+            HandshakeError::TooLarge(why) => {
+                http_response(431, "Request Header Fields Too Large", why, "")
+            }
+        }
+    }
+}
+
+/// Parses the request head in `buf`.
+///
+/// `Ok(None)`: incomplete, read more (the caller enforces the size bound
+/// with [`check_size`]). `Ok(Some((req, n)))`: complete; the head was `n`
+/// bytes, anything after it is already WebSocket data.
+pub fn parse(
+    buf: &[u8],
+    max_headers: usize,
+) -> Result<Option<(UpgradeRequest, usize)>, HandshakeError> {
+    let mut headers = vec![httparse::EMPTY_HEADER; max_headers];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HandshakeError::TooLarge(
+                "too many request headers (see --max-headers)",
+            ))
+        }
+        Err(_) => return Err(HandshakeError::BadRequest("malformed HTTP request")),
+    };
+    if req.method != Some("GET") {
+        return Err(HandshakeError::BadRequest("a WebSocket upgrade must use GET"));
+    }
+    if req.version != Some(1) {
+        return Err(HandshakeError::BadRequest("HTTP/1.1 is required"));
+    }
+    let all_headers: &[httparse::Header<'_>] = req.headers;
+    let header = |name: &'static str| {
+        all_headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value))
+    };
+    let has_token = |name: &'static str, token: &str| {
+        header(name).any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token("upgrade", "websocket") {
+        return Err(HandshakeError::BadRequest("missing 'Upgrade: websocket'"));
+    }
+    if !has_token("connection", "upgrade") {
+        return Err(HandshakeError::BadRequest("missing 'Connection: Upgrade'"));
+    }
+    let Some(key) = header("sec-websocket-key").next() else {
+        return Err(HandshakeError::BadRequest("missing Sec-WebSocket-Key"));
+    };
+    let key = key.trim();
+    if key.is_empty() {
+        return Err(HandshakeError::BadRequest("empty Sec-WebSocket-Key"));
+    }
+    if !header("sec-websocket-version").any(|v| v.trim() == "13") {
+        return Err(HandshakeError::BadVersion);
+    }
+    let path = req.path.unwrap_or("/");
+    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let url = percent_encoding::percent_decode_str(path)
+        .decode_utf8()
+        .map_or_else(|_| path.to_owned(), |p| p.into_owned());
+    let origin = header("origin").next().map(|o| o.into_owned());
+    let request = UpgradeRequest {
+        accept_key: derive_accept_key(key.as_bytes()),
+        url,
+        headers_json: headers_json(all_headers),
+        origin,
+    };
+    Ok(Some((request, head_len)))
+}
+
+/// The refusal for a request head still incomplete after `len` bytes.
+pub fn check_size(len: usize, max_request_size: usize) -> Result<(), HandshakeError> {
+    if len > max_request_size {
+        Err(HandshakeError::TooLarge(
+            "request head too large (see --max-request-size)",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Header names in canonical MIME form, values grouped per name in order.
+fn headers_json(headers: &[httparse::Header<'_>]) -> Vec<u8> {
+    let mut grouped: Vec<(String, Vec<String>)> = Vec::with_capacity(headers.len());
+    for h in headers {
+        let name = canonical_header_name(h.name);
+        let value = String::from_utf8_lossy(h.value).into_owned();
+        match grouped.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value),
+            None => grouped.push((name, vec![value])),
+        }
+    }
+    let mut out = Vec::with_capacity(256);
+    out.push(b'{');
+    for (i, (name, values)) in grouped.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::push_str(&mut out, name);
+        out.extend_from_slice(b":[");
+        for (j, v) in values.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            json::push_str(&mut out, v);
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+    out
+}
+
+/// `sec-websocket-key` -> `Sec-Websocket-Key`: the first letter and each
+/// letter after `-` upper-case, the rest lower-case. A name holding a byte
+/// that is not an HTTP token character is returned unchanged, as the
+/// original broker's HTTP stack did.
+pub fn canonical_header_name(name: &str) -> String {
+    let is_token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if !name.bytes().all(is_token) {
+        return name.to_owned();
+    }
+    let mut upper = true;
+    name.bytes()
+        .map(|b| {
+            let c = if upper {
+                b.to_ascii_uppercase()
+            } else {
+                b.to_ascii_lowercase()
+            };
+            upper = b == b'-';
+            c as char
+        })
+        .collect()
+}
+
+/// `101 Switching Protocols` for an accepted upgrade.
+pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A complete HTTP reply that closes the connection, `reason` as plain text body.
+pub fn http_response(status: u16, text: &str, reason: &str, extra_headers: &str) -> Vec<u8> {
+    let mut out = String::with_capacity(160 + reason.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {text}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{reason}\n",
+        reason.len() + 1
+    );
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "GET /ws/room%201?token=x HTTP/1.1\r\nHost: a\r\nupgrade: WebSocket\r\n\
+        Connection: keep-alive, Upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\nX-Tag: a\r\nx-tag: b\r\n\r\nrest";
+
+    #[test]
+    fn parses_a_valid_upgrade() {
+        let (req, n) = parse(GOOD.as_bytes(), 64).unwrap().unwrap();
+        assert_eq!(&GOOD[n..], "rest");
+        assert_eq!(req.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(req.url, "/ws/room 1");
+        let headers: serde_json::Value = serde_json::from_slice(&req.headers_json).unwrap();
+        assert_eq!(headers["X-Tag"], serde_json::json!(["a", "b"]));
+        assert_eq!(headers["Sec-Websocket-Key"][0], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(headers["Upgrade"][0], "WebSocket");
+    }
+
+    #[test]
+    fn incomplete_request_asks_for_more() {
+        assert_eq!(parse(&GOOD.as_bytes()[..40], 64), Ok(None));
+    }
+
+    #[test]
+    fn refusals() {
+        let post = GOOD.replacen("GET", "POST", 1);
+        assert!(matches!(
+            parse(post.as_bytes(), 64),
+            Err(HandshakeError::BadRequest(_))
+        ));
+        let v8 = GOOD.replace("Version: 13", "Version: 8");
+        assert_eq!(parse(v8.as_bytes(), 64), Err(HandshakeError::BadVersion));
+        let nokey = GOOD.replace("sec-websocket-key", "x-nothing");
+        assert!(matches!(
+            parse(nokey.as_bytes(), 64),
+            Err(HandshakeError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse(GOOD.as_bytes(), 3),
+            Err(HandshakeError::TooLarge(_))
+        ));
+        assert!(matches!(
+            parse(b"\x01\x02garbage\r\n\r\n", 64),
+            Err(HandshakeError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(canonical_header_name("sec-websocket-key"), "Sec-Websocket-Key");
+        assert_eq!(canonical_header_name("X-USER"), "X-User");
+        assert_eq!(canonical_header_name("user agent"), "user agent");
+    }
+}
