@@ -1,0 +1,49 @@
+"""Echo backend: every message a WebSocket client sends comes back to it alone.
+
+Start a broker, then this backend, then talk to ws://localhost:8080/any/path:
+
+    python -m pystrands server --ws-port 8080 --tcp-port 8081
+    python examples/echo_backend.py --port 8081
+
+``--async`` runs the same backend on AsyncPyStrandsClient. This is also the
+backend the load generator's external-backend mode measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from pystrands import AsyncPyStrandsClient, PyStrandsClient
+
+
+class EchoBackend(PyStrandsClient):
+    def on_message(self, message: str, context) -> None:
+        self.send_private_message(context.client_id, message)
+
+
+class AsyncEchoBackend(AsyncPyStrandsClient):
+    async def on_message(self, message: str, context) -> None:
+        await self.send_private_message(context.client_id, message)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="localhost", help="broker host (default: localhost)")
+    parser.add_argument("--port", type=int, default=8081, help="broker backend TCP port (default: 8081)")
+    parser.add_argument("--async", dest="use_async", action="store_true", help="use the asyncio client")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    if args.use_async:
+        try:
+            asyncio.run(AsyncEchoBackend(args.host, args.port).run_forever())
+        except KeyboardInterrupt:
+            pass
+    else:
+        EchoBackend(args.host, args.port).run_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Command line: ``python -m pystrands server [ARGS...]`` runs the bundled broker.
+
+The broker, ``pystrands-server``, is a Rust executable that ``pip install``
+puts in the environment's scripts directory next to the Python interpreter
+(the wheel is built by maturin with ``bindings = "bin"``); nothing is
+downloaded at run time.
+
+On POSIX the launcher *replaces itself* with the broker (``os.execv``): the
+process that was started is the broker, so SIGINT/SIGTERM reach it directly
+(Ctrl-C, ``kill``, a supervisor's stop all drain it gracefully), and the exit
+status is the broker's own. On Windows it starts the broker as a child, waits
+for it (Ctrl-C reaches the child through the console), and exits with its
+exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from .errors import ServerBinaryNotFoundError
+
+SERVER_NAME = "pystrands-server" + (".exe" if os.name == "nt" else "")
+ENV_SERVER_BIN = "PYSTRANDS_SERVER_BIN"
+
+USAGE = f"""\
+usage: python -m pystrands <command> [ARGS...]
+
+commands:
+  server [ARGS...]   run the PyStrands broker bundled with this package
+                     (pystrands-server); every argument after `server` is passed
+                     to it unchanged, for example
+                       python -m pystrands server --ws-port 8080 --tcp-port 8081
+                     `python -m pystrands server --help` lists the broker's flags.
+  server-path        print the path of the broker executable `server` would run
+
+options:
+  -h, --help         show this help and exit
+  -V, --version      show the package version and exit
+
+environment:
+  {ENV_SERVER_BIN}   broker executable to run instead of the bundled one
+"""
+
+BUILD_HINT = (
+    "Install the package with its broker from a PyStrands checkout:\n"
+    "    pip install .\n"
+    "(this needs a Rust toolchain: https://rustup.rs), or build the broker with\n"
+    "    cargo build --release\n"
+    f"and point {ENV_SERVER_BIN} at target/release/{SERVER_NAME}."
+)
+
+
+def _candidates() -> List[Path]:
+    """Where the broker executable may be, in the order they are tried."""
+    places: List[Path] = []
+    scripts = sysconfig.get_path("scripts")
+    if scripts:
+        places.append(Path(scripts) / SERVER_NAME)
+    places.append(Path(sys.executable).parent / SERVER_NAME)
+    for scheme in (f"{os.name}_user", "osx_framework_user"):
+        try:
+            user_scripts = sysconfig.get_path("scripts", scheme)
+        except KeyError:
+            continue
+        if user_scripts:
+            places.append(Path(user_scripts) / SERVER_NAME)
+    # Running from a source checkout (PYTHONPATH=python): the cargo build.
+    checkout = Path(__file__).resolve().parent.parent.parent
+    if (checkout / "Cargo.toml").is_file():
+        places.append(checkout / "target" / "release" / SERVER_NAME)
+        places.append(checkout / "target" / "debug" / SERVER_NAME)
+    on_path = shutil.which(SERVER_NAME)
+    if on_path:
+        places.append(Path(on_path))
+    seen = set()
+    unique = []
+    for place in places:
+        if place not in seen:
+            seen.add(place)
+            unique.append(place)
+    return unique
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(str(path), os.X_OK)
+
+
+def find_server_binary() -> str:
+    """Path of the ``pystrands-server`` executable to run.
+
+    ``$PYSTRANDS_SERVER_BIN`` when set (it must then exist); otherwise the
+    first executable among the environment's scripts directory, the
+    interpreter's directory, the user scripts directory, a source checkout's
+    ``target/{release,debug}``, and ``PATH``. Raises
+    :class:`~pystrands.errors.ServerBinaryNotFoundError` with build
+    instructions when there is none.
+    """
+    override = os.environ.get(ENV_SERVER_BIN)
+    if override:
+        path = Path(override)
+        if _is_executable(path):
+            return str(path)
+        raise ServerBinaryNotFoundError(
+            f"{ENV_SERVER_BIN}={override} is not an executable file."
+        )
+    candidates = _candidates()
+    for path in candidates:
+        if _is_executable(path):
+            return str(path)
+    searched = "\n".join(f"    {p}" for p in candidates)
+    raise ServerBinaryNotFoundError(
+        f"The PyStrands broker executable ({SERVER_NAME}) was not found. Looked in:\n"
+        f"{searched}\n{BUILD_HINT}"
+    )
+
+
+def run_server(args: Sequence[str]) -> int:
+    """Run the broker with ``args``; on POSIX this does not return."""
+    try:
+        binary = find_server_binary()
+    except ServerBinaryNotFoundError as exc:
+        print(f"pystrands: {exc}", file=sys.stderr)
+        return 127
+    argv = [binary, *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        try:
+            os.execv(binary, argv)
+        except OSError as exc:
+            print(f"pystrands: cannot run {binary}: {exc}", file=sys.stderr)
+            return 126
+    # Windows: a child process; the console delivers Ctrl-C to it directly, so
+    # the launcher only has to survive that signal and wait.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        try:
+            proc = subprocess.Popen(argv)
+        except OSError as exc:
+            print(f"pystrands: cannot run {binary}: {exc}", file=sys.stderr)
+            return 126
+        return proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        print(USAGE, end="", file=sys.stderr)
+        return 2
+    command, rest = args[0], args[1:]
+    if command in ("-h", "--help", "help"):
+        print(USAGE, end="")
+        return 0
+    if command in ("-V", "--version"):
+        from . import __version__
+
+        print(f"pystrands {__version__}")
+        return 0
+    if command == "server":
+        return run_server(rest)
+    if command == "server-path":
+        try:
+            print(find_server_binary())
+        except ServerBinaryNotFoundError as exc:
+            print(f"pystrands: {exc}", file=sys.stderr)
+            return 127
+        return 0
+    print(f"pystrands: unknown command {command!r}\n\n{USAGE}", end="", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

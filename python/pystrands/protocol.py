@@ -1,0 +1,278 @@
+"""The PyStrands wire protocol v1, without any I/O.
+
+Both clients (the threaded :mod:`pystrands.client` and the asyncio
+:mod:`pystrands.async_client`) use this module to turn bytes from the broker
+into event objects and commands into bytes; neither parses nor formats JSON
+itself. Nothing here touches a socket, a thread or an event loop, so every
+function can be unit-tested with plain values.
+
+Framing: one JSON object per line, UTF-8, ``\\n`` terminated, in both
+directions. Envelope: ``{"action": ..., "request_id": ..., "params": {...}}``.
+
+Hot-path notes (the Python backend is usually what limits a deployment):
+
+- :class:`LineBuffer` splits a whole ``recv()`` chunk at once: one ``rfind``,
+  one UTF-8 decode and one ``str.split`` per chunk, never one slice per line,
+  so a chunk of N lines costs O(N) however it was cut.
+- :func:`decode` calls the C JSON scanner directly, skipping the Python layers
+  of ``json.loads``; anything unusual falls back to ``json.loads`` so errors
+  keep their precise messages.
+- The three send commands are formatted with the C string escaper into an
+  f-string: no dict is built and no generic ``json.dumps`` runs per message.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from json.encoder import encode_basestring as _escape  # C implementation when available
+from typing import Any, Dict, List, Optional
+
+from .context import ConnectionRequestContext, Context
+from .errors import ProtocolError
+
+__all__ = [
+    "CONNECTION_REQUEST",
+    "NEW_CONNECTION",
+    "NEW_MESSAGE",
+    "DISCONNECTED",
+    "ERROR",
+    "HEARTBEAT",
+    "RESPONSE",
+    "BROADCAST",
+    "MESSAGE_TO_ROOM",
+    "MESSAGE_TO_CONNECTION",
+    "MAX_LINE_BYTES",
+    "LineBuffer",
+    "decode",
+    "encode_line",
+    "encode_broadcast",
+    "encode_room_message",
+    "encode_private_message",
+    "encode_response",
+    "connection_request_from_params",
+    "context_from_params",
+    "decide_accepted",
+]
+
+# Broker -> backend actions.
+CONNECTION_REQUEST = "connection_request"
+NEW_CONNECTION = "new_connection"
+NEW_MESSAGE = "new_message"
+DISCONNECTED = "disconnected"
+ERROR = "error"
+HEARTBEAT = "heartbeat"
+
+# Backend -> broker actions.
+RESPONSE = "response"
+BROADCAST = "broadcast"
+MESSAGE_TO_ROOM = "message_to_room"
+MESSAGE_TO_CONNECTION = "message_to_connection"
+
+#: Longest line accepted from the broker (bytes, without the newline). The
+#: broker's own limit for a backend line is 16 MiB; a longer partial line means
+#: the stream is corrupt, and buffering it further would only waste memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+_scan_once = json.JSONDecoder().scan_once
+_json_loads = json.loads
+_compact_dumps = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":")
+).encode
+
+
+class LineBuffer:
+    """Reassembles newline-terminated lines from arbitrary byte chunks.
+
+    ``feed(chunk)`` returns the complete lines the chunk finished, decoded to
+    ``str`` (without the ``\\n``; empty lines are kept as ``""``, callers skip
+    them), and keeps any trailing partial line for the next call. A partial
+    line longer than ``max_line`` raises :class:`ProtocolError`.
+    """
+
+    __slots__ = ("_parts", "_pending", "max_line")
+
+    def __init__(self, max_line: int = MAX_LINE_BYTES) -> None:
+        self._parts: List[bytes] = []  # pieces of one unfinished line
+        self._pending = 0  # bytes held in _parts
+        self.max_line = max_line
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an unfinished line held until its newline arrives."""
+        return self._pending
+
+    def feed(self, data: bytes) -> List[str]:
+        end = data.rfind(b"\n")
+        if end < 0:
+            if data:
+                self._parts.append(data)
+                self._pending += len(data)
+                if self._pending > self.max_line:
+                    self._parts.clear()
+                    self._pending = 0
+                    raise ProtocolError(
+                        f"line from the broker exceeds {self.max_line} bytes"
+                    )
+            return []
+        if self._parts:
+            self._parts.append(data[: end + 1])
+            chunk = b"".join(self._parts)
+            self._parts.clear()
+            self._pending = 0
+        elif end == len(data) - 1:
+            chunk = data
+        else:
+            chunk = data[: end + 1]
+        if end != len(data) - 1:
+            rest = data[end + 1 :]
+            self._parts.append(rest)
+            self._pending = len(rest)
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError:
+            # The broker only relays valid UTF-8; keep going rather than drop
+            # the whole chunk if that ever fails.
+            text = chunk.decode("utf-8", "replace")
+        lines = text.split("\n")
+        lines.pop()  # the empty string after the final newline
+        return lines
+
+
+def decode(line: str) -> Dict[str, Any]:
+    """Parse one line into its envelope dict; :class:`ProtocolError` if it is not one."""
+    try:
+        obj, end = _scan_once(line, 0)
+    except (StopIteration, ValueError):
+        return _decode_slow(line)
+    if end != len(line) or type(obj) is not dict:
+        return _decode_slow(line)
+    return obj
+
+
+def _decode_slow(line: str) -> Dict[str, Any]:
+    try:
+        obj = _json_loads(line)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid JSON from the broker: {exc}: {line[:200]!r}") from None
+    if type(obj) is not dict:
+        raise ProtocolError(f"expected a JSON object from the broker: {line[:200]!r}")
+    return obj
+
+
+def encode_line(action: str, params: Dict[str, Any], request_id: str = "") -> bytes:
+    """Generic encoder: any action, params as a JSON-serialisable dict."""
+    return (
+        _compact_dumps({"action": action, "request_id": request_id, "params": params}) + "\n"
+    ).encode("utf-8")
+
+
+def _bad_text(name: str, value: object) -> Exception:
+    if isinstance(value, str):  # the only way a str fails to encode: lone surrogates
+        return ValueError(f"{name} is not valid Unicode text (it contains a lone surrogate)")
+    return TypeError(f"{name} must be a str, not {type(value).__name__}")
+
+
+def encode_broadcast(message: str, request_id: str = "") -> bytes:
+    """``broadcast``: ``message`` to every connected client."""
+    try:
+        return (
+            f'{{"action":"broadcast","request_id":{_escape(request_id)},'
+            f'"params":{{"message":{_escape(message)}}}}}\n'
+        ).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        raise _bad_text("message", message) from None
+
+
+def encode_room_message(room_id: str, message: str, request_id: str = "") -> bytes:
+    """``message_to_room``: ``message`` to every client in ``room_id``."""
+    try:
+        return (
+            f'{{"action":"message_to_room","request_id":{_escape(request_id)},'
+            f'"params":{{"room_id":{_escape(room_id)},"message":{_escape(message)}}}}}\n'
+        ).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        bad = "room_id" if not _is_text(room_id) else "message"
+        raise _bad_text(bad, room_id if bad == "room_id" else message) from None
+
+
+def encode_private_message(client_id: str, message: str, request_id: str = "") -> bytes:
+    """``message_to_connection``: ``message`` to every connection of ``client_id``."""
+    try:
+        return (
+            f'{{"action":"message_to_connection","request_id":{_escape(request_id)},'
+            f'"params":{{"conn_id":{_escape(client_id)},"message":{_escape(message)}}}}}\n'
+        ).encode("utf-8")
+    except (TypeError, UnicodeEncodeError):
+        bad = "client_id" if not _is_text(client_id) else "message"
+        raise _bad_text(bad, client_id if bad == "client_id" else message) from None
+
+
+def _is_text(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def encode_response(request_id: str, accepted: bool, context: Optional[Context]) -> bytes:
+    """``response`` to the ``connection_request`` whose id is ``request_id``.
+
+    The context's fields are always included when there is a context (also
+    for a rejection: harmless, and it tells the broker's logs who was refused).
+    """
+    params: Dict[str, Any] = {"accepted": bool(accepted)}
+    if context is not None:
+        client_id, room_id, metadata = context.client_id, context.room_id, context.metadata
+        if not isinstance(client_id, str):
+            raise TypeError(f"context.client_id must be a str, not {type(client_id).__name__}")
+        if not isinstance(room_id, str):
+            raise TypeError(f"context.room_id must be a str, not {type(room_id).__name__}")
+        if metadata is None:
+            metadata = {}
+        elif not isinstance(metadata, dict):
+            raise TypeError(f"context.metadata must be a dict, not {type(metadata).__name__}")
+        params["client_id"] = client_id
+        params["room_id"] = room_id
+        params["metadata"] = metadata
+    return encode_line(RESPONSE, params, request_id)
+
+
+def connection_request_from_params(params: Dict[str, Any]) -> ConnectionRequestContext:
+    """The request object handed to ``on_connection_request``, with the defaults
+    of pystrands 1.0.0: a new UUID4 ``client_id``, ``room_id`` = the URL path,
+    empty metadata, ``accepted = True``."""
+    url = params.get("url")
+    if not isinstance(url, str):
+        url = ""
+    headers = params.get("headers")
+    remote_addr = params.get("remote_addr")
+    return ConnectionRequestContext(
+        headers if isinstance(headers, dict) else {},
+        url,
+        remote_addr if isinstance(remote_addr, str) else "",
+        Context(str(uuid.uuid4()), url, {}),
+        True,
+    )
+
+
+def context_from_params(params: Dict[str, Any]) -> Context:
+    """The :class:`Context` of an event (empty fields when the event has none,
+    e.g. an ``error`` about a line the broker could not use)."""
+    c = params.get("context")
+    if type(c) is dict:
+        try:
+            return Context(c["client_id"], c["room_id"], c["metadata"])
+        except KeyError:
+            pass
+    return Context.from_json(c if isinstance(c, dict) else None)
+
+
+def decide_accepted(result: object, request: ConnectionRequestContext) -> bool:
+    """A bool returned by the handler wins; anything else means ``request.accepted``."""
+    if result is True or result is False:
+        return result  # type: ignore[return-value]
+    return bool(request.accepted)

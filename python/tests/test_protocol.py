@@ -1,0 +1,323 @@
+"""Unit tests of pystrands.protocol (no I/O) and pystrands.context."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from pystrands import protocol
+from pystrands.context import ConnectionRequestContext, Context
+from pystrands.errors import ProtocolError
+
+
+# ---------------------------------------------------------------- LineBuffer
+
+
+def test_line_buffer_returns_every_complete_line_of_a_chunk():
+    buf = protocol.LineBuffer()
+    assert buf.feed(b'{"a":1}\n{"b":2}\n') == ['{"a":1}', '{"b":2}']
+    assert buf.pending_bytes == 0
+
+
+def test_line_buffer_keeps_a_partial_line_until_its_newline():
+    buf = protocol.LineBuffer()
+    assert buf.feed(b'{"a":1}\n{"b"') == ['{"a":1}']
+    assert buf.pending_bytes == 4
+    assert buf.feed(b":2") == []
+    assert buf.feed(b"}\n{") == ['{"b":2}']
+    assert buf.feed(b"}\n") == ["{}"]
+
+
+def test_line_buffer_reassembles_a_multibyte_character_cut_between_chunks():
+    data = '{"m":"héllo 世界 🎉"}\n'.encode("utf-8")
+    for cut in range(1, len(data)):
+        buf = protocol.LineBuffer()
+        lines = buf.feed(data[:cut]) + buf.feed(data[cut:])
+        assert lines == ['{"m":"héllo 世界 🎉"}'], cut
+
+
+def test_line_buffer_byte_by_byte_equals_all_at_once():
+    text = "".join(f'{{"i":{i},"s":"ü{i}"}}\n' for i in range(200))
+    data = text.encode("utf-8")
+    buf = protocol.LineBuffer()
+    out = []
+    for i in range(len(data)):
+        out.extend(buf.feed(data[i : i + 1]))
+    assert out == text.split("\n")[:-1]
+
+
+def test_line_buffer_many_lines_in_one_chunk():
+    data = b"".join(b'{"i":%d}\n' % i for i in range(10_000))
+    lines = protocol.LineBuffer().feed(data)
+    assert len(lines) == 10_000
+    assert lines[0] == '{"i":0}' and lines[-1] == '{"i":9999}'
+
+
+def test_line_buffer_keeps_empty_lines_as_empty_strings():
+    assert protocol.LineBuffer().feed(b"\n{}\n\n") == ["", "{}", ""]
+
+
+def test_line_buffer_rejects_an_endless_line():
+    buf = protocol.LineBuffer(max_line=10)
+    buf.feed(b"x" * 6)
+    with pytest.raises(ProtocolError):
+        buf.feed(b"x" * 6)
+    assert buf.pending_bytes == 0  # and it recovers
+    assert buf.feed(b"{}\n") == ["{}"]
+
+
+# ---------------------------------------------------------------- decode
+
+
+def test_decode_returns_the_envelope():
+    line = '{"action":"new_message","request_id":"r1","params":{"message":"hi","context":{"client_id":"c","room_id":"/r","metadata":{"n":1}}}}'
+    assert protocol.decode(line) == json.loads(line)
+
+
+@pytest.mark.parametrize("line", [' {"action":"heartbeat"}', '{"action":"heartbeat"} ', '{"action":"heartbeat"}\r'])
+def test_decode_accepts_surrounding_whitespace(line):
+    assert protocol.decode(line) == {"action": "heartbeat"}
+
+
+@pytest.mark.parametrize("line", ["not json", '{"a":', "[1,2]", '"text"', '{"a":1} trailing', ""])
+def test_decode_rejects_what_is_not_one_json_object(line):
+    with pytest.raises(ProtocolError):
+        protocol.decode(line)
+
+
+def test_protocol_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        protocol.decode("{")
+
+
+# ---------------------------------------------------------------- encoders
+
+TRICKY = [
+    "hello",
+    "",
+    'quote " backslash \\ slash /',
+    "new\nline\ttab\rcr\x00nul\x1fus",
+    "héllo wörld",
+    "世界 🎉 👨‍👩‍👧",
+    "\u2028\u2029",
+    "x" * 100_000,
+]
+
+
+def _one_line(data: bytes) -> dict:
+    assert isinstance(data, bytes)
+    assert data.endswith(b"\n") and data.count(b"\n") == 1
+    return json.loads(data.decode("utf-8"))
+
+
+@pytest.mark.parametrize("message", TRICKY)
+def test_encode_broadcast(message):
+    assert _one_line(protocol.encode_broadcast(message, "7")) == {
+        "action": "broadcast",
+        "request_id": "7",
+        "params": {"message": message},
+    }
+
+
+@pytest.mark.parametrize("message", TRICKY)
+def test_encode_room_message(message):
+    assert _one_line(protocol.encode_room_message("room/ü\"1", message, "8")) == {
+        "action": "message_to_room",
+        "request_id": "8",
+        "params": {"room_id": 'room/ü"1', "message": message},
+    }
+
+
+@pytest.mark.parametrize("message", TRICKY)
+def test_encode_private_message_uses_conn_id(message):
+    assert _one_line(protocol.encode_private_message("client\n1", message, "9")) == {
+        "action": "message_to_connection",
+        "request_id": "9",
+        "params": {"conn_id": "client\n1", "message": message},
+    }
+
+
+def test_encoders_send_non_ascii_as_utf8_not_escapes():
+    assert "世界".encode("utf-8") in protocol.encode_broadcast("世界")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: protocol.encode_broadcast(123),
+        lambda: protocol.encode_broadcast(b"bytes"),
+        lambda: protocol.encode_broadcast({"a": 1}),
+        lambda: protocol.encode_room_message(None, "m"),
+        lambda: protocol.encode_room_message("r", 1.5),
+        lambda: protocol.encode_private_message(42, "m"),
+        lambda: protocol.encode_private_message("c", ["m"]),
+    ],
+)
+def test_encoders_reject_non_text_with_type_error(call):
+    with pytest.raises(TypeError, match="must be a str"):
+        call()
+
+
+def test_encoder_error_names_the_bad_argument():
+    with pytest.raises(TypeError, match="client_id"):
+        protocol.encode_private_message(42, "m")
+    with pytest.raises(TypeError, match="message"):
+        protocol.encode_private_message("c", 42)
+    with pytest.raises(TypeError, match="room_id"):
+        protocol.encode_room_message(1, "m")
+
+
+def test_encoders_reject_lone_surrogates_with_value_error():
+    with pytest.raises(ValueError, match="surrogate"):
+        protocol.encode_broadcast("bad \ud800")
+    with pytest.raises(ValueError, match="room_id"):
+        protocol.encode_room_message("\udcff", "m")
+
+
+def test_encode_response_accepted_carries_the_context():
+    ctx = Context("alice", "lobby", {"name": "Alice", "tags": ["a", "ü"], "n": 1.5})
+    assert _one_line(protocol.encode_response("req-1", True, ctx)) == {
+        "action": "response",
+        "request_id": "req-1",
+        "params": {
+            "accepted": True,
+            "client_id": "alice",
+            "room_id": "lobby",
+            "metadata": {"name": "Alice", "tags": ["a", "ü"], "n": 1.5},
+        },
+    }
+
+
+def test_encode_response_rejection_without_context():
+    assert _one_line(protocol.encode_response("r", False, None)) == {
+        "action": "response",
+        "request_id": "r",
+        "params": {"accepted": False},
+    }
+
+
+def test_encode_response_none_metadata_becomes_empty_object():
+    line = _one_line(protocol.encode_response("r", True, Context("c", "r", None)))
+    assert line["params"]["metadata"] == {}
+    ctx = Context("c", "r")
+    ctx.metadata = None
+    assert _one_line(protocol.encode_response("r", True, ctx))["params"]["metadata"] == {}
+
+
+@pytest.mark.parametrize(
+    "ctx",
+    [Context(1, "r"), Context("c", None), Context("c", "r", ["not", "a", "dict"])],
+)
+def test_encode_response_rejects_wrong_types(ctx):
+    with pytest.raises(TypeError):
+        protocol.encode_response("r", True, ctx)
+
+
+def test_encode_response_rejects_unserialisable_metadata():
+    with pytest.raises(TypeError):
+        protocol.encode_response("r", True, Context("c", "r", {"x": object()}))
+    with pytest.raises(ValueError):
+        protocol.encode_response("r", True, Context("c", "r", {"x": float("nan")}))
+
+
+def test_encode_line_is_compact_json():
+    assert protocol.encode_line("x", {"a": [1, 2]}, "id") == b'{"action":"x","request_id":"id","params":{"a":[1,2]}}\n'
+
+
+# ---------------------------------------------------------------- requests and contexts
+
+
+def test_connection_request_defaults_match_pystrands_1_0_0():
+    params = {
+        "headers": {"X-User": ["alice"], "User-Agent": ["test"]},
+        "url": "/ws/room1",
+        "remote_addr": "127.0.0.1:5555",
+    }
+    req = protocol.connection_request_from_params(params)
+    assert req.headers == params["headers"]
+    assert req.url == "/ws/room1"
+    assert req.remote_addr == "127.0.0.1:5555"
+    assert req.accepted is True
+    assert req.context.room_id == "/ws/room1"
+    assert req.context.metadata == {}
+    assert uuid.UUID(req.context.client_id).version == 4
+    other = protocol.connection_request_from_params(params)
+    assert other.context.client_id != req.context.client_id
+
+
+def test_connection_request_tolerates_missing_params():
+    req = protocol.connection_request_from_params({})
+    assert req.url == "" and req.headers == {} and req.remote_addr == ""
+    assert req.accepted is True
+
+
+def test_context_from_params():
+    ctx = protocol.context_from_params(
+        {"context": {"client_id": "c", "room_id": "r", "metadata": {"k": "v"}}}
+    )
+    assert ctx == Context("c", "r", {"k": "v"})
+
+
+@pytest.mark.parametrize("params", [{}, {"context": None}, {"context": {}}, {"context": "junk"}])
+def test_context_from_params_without_a_context_gives_empty_fields(params):
+    ctx = protocol.context_from_params(params)
+    assert ctx == Context("", "", {})
+    assert ctx.context.client_id == ""
+
+
+@pytest.mark.parametrize(
+    "result, accepted, expected",
+    [
+        (True, False, True),
+        (False, True, False),
+        (None, True, True),
+        (None, False, False),
+        ("yes", False, False),
+        (1, True, True),
+        (0, True, True),
+    ],
+)
+def test_decide_accepted_a_returned_bool_wins(result, accepted, expected):
+    req = ConnectionRequestContext(accepted=accepted)
+    assert protocol.decide_accepted(result, req) is expected
+
+
+def test_context_attribute_access_repr_equality_and_self_alias():
+    ctx = Context("c1", "room", {"a": 1})
+    assert ctx.context is ctx
+    assert ctx.context.context.client_id == "c1"
+    assert repr(ctx) == "Context(client_id='c1', room_id='room', metadata={'a': 1})"
+    assert ctx == Context("c1", "room", {"a": 1})
+    assert ctx != Context("c2", "room", {"a": 1})
+    assert ctx != Context("c1", "room", {"a": 2})
+    assert Context().metadata == {} and Context().metadata is not Context().metadata
+    with pytest.raises(TypeError):
+        hash(ctx)
+
+
+def test_context_json_round_trip():
+    ctx = Context("c1", "room", {"a": [1]})
+    assert Context.from_json(ctx.to_json()) == ctx
+    assert Context.from_json(None) == Context()
+
+
+def test_connection_request_context_model():
+    req = ConnectionRequestContext(
+        headers={"Authorization": ["Bearer t"], "X-Multi": ["a", "b"]},
+        url="/ws/x",
+        remote_addr="1.2.3.4:5",
+        context=Context("c", "/ws/x"),
+    )
+    assert req.accepted is True
+    assert req.header("authorization") == "Bearer t"
+    assert req.header("X-Multi") == "a"
+    assert req.header("missing", "dflt") == "dflt"
+    assert "url='/ws/x'" in repr(req) and "Context(client_id='c'" in repr(req)
+    same = ConnectionRequestContext.from_json(req.to_json())
+    assert same == req
+    from_obj = ConnectionRequestContext.from_json({**req.to_json(), "context": req.context})
+    assert from_obj == req
+    same.accepted = False
+    assert same != req
