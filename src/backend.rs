@@ -60,7 +60,10 @@ pub enum Command<'a> {
 pub struct CommandError(pub String);
 
 /// Parses one line (without its `\n`) in place into a JSON value.
-pub fn parse_line<'a>(line: &'a mut [u8], buffers: &mut Buffers) -> Result<Value<'a>, CommandError> {
+pub fn parse_line<'a>(
+    line: &'a mut [u8],
+    buffers: &mut Buffers,
+) -> Result<Value<'a>, CommandError> {
     to_value_with_buffers(line, buffers).map_err(|e| CommandError(format!("invalid JSON: {e}")))
 }
 
@@ -116,12 +119,14 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
                 }
             };
             let accepted = match params.and_then(|p| p.get("accepted")) {
-                Some(v) => v
-                    .as_bool()
-                    .ok_or_else(|| CommandError("response: params.accepted must be a boolean".into()))?,
+                Some(v) => v.as_bool().ok_or_else(|| {
+                    CommandError("response: params.accepted must be a boolean".into())
+                })?,
                 None => return Err(CommandError("response: missing params.accepted".into())),
             };
-            let metadata = params.and_then(|p| p.get("metadata")).filter(|m| !m.is_null());
+            let metadata = params
+                .and_then(|p| p.get("metadata"))
+                .filter(|m| !m.is_null());
             Ok(Command::Response {
                 request_id,
                 accepted,
@@ -247,7 +252,9 @@ pub fn push_line_error(out: &mut Vec<u8>, request_id: Option<&str>, error: &str)
 
 /// `heartbeat`, sent to every backend periodically.
 pub fn push_heartbeat(out: &mut Vec<u8>) {
-    out.extend_from_slice(b"{\"action\":\"heartbeat\",\"request_id\":\"heartbeat\",\"params\":{}}\n");
+    out.extend_from_slice(
+        b"{\"action\":\"heartbeat\",\"request_id\":\"heartbeat\",\"params\":{}}\n",
+    );
 }
 
 #[cfg(test)]
@@ -300,7 +307,16 @@ mod tests {
         );
         with_command(
             r#"{"action":"response","request_id":"7","params":{"accepted":false}}"#,
-            |c| assert!(matches!(c.unwrap(), Command::Response { accepted: false, client_id: None, .. })),
+            |c| {
+                assert!(matches!(
+                    c.unwrap(),
+                    Command::Response {
+                        accepted: false,
+                        client_id: None,
+                        ..
+                    }
+                ))
+            },
         );
     }
 
@@ -311,9 +327,18 @@ mod tests {
             ("[1]", "must be a JSON object"),
             (r#"{"params":{}}"#, "missing field 'action'"),
             (r#"{"action":"fly"}"#, "unknown action 'fly'"),
-            (r#"{"action":"broadcast","params":{}}"#, "missing params.message"),
-            (r#"{"action":"broadcast","params":{"message":3}}"#, "must be a string"),
-            (r#"{"action":"response","params":{"accepted":true}}"#, "request_id"),
+            (
+                r#"{"action":"broadcast","params":{}}"#,
+                "missing params.message",
+            ),
+            (
+                r#"{"action":"broadcast","params":{"message":3}}"#,
+                "must be a string",
+            ),
+            (
+                r#"{"action":"response","params":{"accepted":true}}"#,
+                "request_id",
+            ),
         ];
         for (line, want) in cases {
             with_command(line, |c| {
@@ -339,7 +364,10 @@ mod tests {
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[0]["params"]["message"], "line\nbreak");
         assert_eq!(lines[0]["params"]["context"]["client_id"], "c\"1");
-        assert_eq!(lines[0]["params"]["context"]["metadata"], serde_json::json!({}));
+        assert_eq!(
+            lines[0]["params"]["context"]["metadata"],
+            serde_json::json!({})
+        );
         assert_eq!(lines[1]["params"]["headers"]["X"][0], "y");
         assert_eq!(lines[2]["request_id"], serde_json::Value::Null);
         assert_eq!(lines[3]["request_id"], "heartbeat");

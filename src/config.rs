@@ -59,6 +59,12 @@ pub struct Args {
     #[argh(option, default = "4 * MIB")]
     pub max_outbound_bytes: usize,
 
+    /// bytes of events that may wait for one slow backend; past it the
+    /// broker stops reading from the clients whose events go to that
+    /// backend until it catches up (default 16777216)
+    #[argh(option, default = "16 * MIB")]
+    pub max_backend_buffer: usize,
+
     /// largest line a backend may send, in bytes; a longer line closes that
     /// backend (default 16777216)
     #[argh(option, default = "16 * MIB")]
@@ -109,6 +115,8 @@ pub struct Config {
     pub max_message_size: usize,
     /// Bound of one client's send queue.
     pub max_outbound_bytes: usize,
+    /// Events waiting for one backend before its clients are paused.
+    pub max_backend_buffer: usize,
     /// Largest backend line.
     pub max_line_size: usize,
     /// Largest upgrade request head.
@@ -136,6 +144,7 @@ impl Default for Config {
             connect_timeout: Duration::from_secs(5),
             max_message_size: MIB,
             max_outbound_bytes: 4 * MIB,
+            max_backend_buffer: 16 * MIB,
             max_line_size: 16 * MIB,
             max_request_size: 8192,
             max_headers: 64,
@@ -204,6 +213,7 @@ impl Config {
             connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
             max_message_size: at_least("--max-message-size", args.max_message_size, 1)?,
             max_outbound_bytes: at_least("--max-outbound-bytes", args.max_outbound_bytes, 1024)?,
+            max_backend_buffer: at_least("--max-backend-buffer", args.max_backend_buffer, 1024)?,
             max_line_size: at_least("--max-line-size", args.max_line_size, 1024)?,
             max_request_size: at_least("--max-request-size", args.max_request_size, 256)?,
             max_headers: at_least("--max-headers", args.max_headers, 8)?,

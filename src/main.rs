@@ -33,6 +33,12 @@ fn main() -> ExitCode {
         .filter_level(config.log_level)
         .format_target(false)
         .init();
+    match pystrands::server::raise_fd_limit() {
+        Ok((before, after)) => {
+            log::info!("open-file limit: soft {before} raised to {after} (the hard limit)")
+        }
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
     let server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {

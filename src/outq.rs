@@ -13,8 +13,11 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
-/// Most buffers handed to one vectored write (Linux allows 1024).
-pub const MAX_IOVECS: usize = 64;
+/// Most buffers handed to one vectored write (Linux's IOV_MAX).
+pub const MAX_IOVECS: usize = 1024;
+/// Queues this short are written from a small stack array (the common
+/// case of a few messages per turn), longer ones from a full-size one.
+const FEW_IOVECS: usize = 16;
 
 /// A frame (or any bytes) ready to be sent, possibly shared by many queues.
 pub type Shared = Rc<[u8]>;
@@ -82,14 +85,12 @@ impl OutQueue {
     /// is empty or the socket would block. Other errors are returned.
     pub fn flush(&mut self, sink: &mut impl Write) -> io::Result<Flushed> {
         while !self.frames.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (i, frame) in self.frames.iter().take(MAX_IOVECS).enumerate() {
-                let start = if i == 0 { self.offset } else { 0 };
-                slices[i] = IoSlice::new(&frame[start..]);
-                count += 1;
-            }
-            match sink.write_vectored(&slices[..count]) {
+            let written = if self.frames.len() <= FEW_IOVECS {
+                self.write_some::<FEW_IOVECS>(sink)
+            } else {
+                self.write_some::<MAX_IOVECS>(sink)
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.consume(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
@@ -98,6 +99,18 @@ impl OutQueue {
             }
         }
         Ok(Flushed::All)
+    }
+
+    /// One vectored write of up to `N` queued buffers.
+    fn write_some<const N: usize>(&self, sink: &mut impl Write) -> io::Result<usize> {
+        let mut slices = [IoSlice::new(&[]); N];
+        let mut count = 0;
+        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
+            let start = if count == 0 { self.offset } else { 0 };
+            *slot = IoSlice::new(&frame[start..]);
+            count += 1;
+        }
+        sink.write_vectored(&slices[..count])
     }
 
     fn consume(&mut self, mut n: usize) {

@@ -52,6 +52,8 @@ const BACKEND_BASE: usize = usize::MAX / 2;
 const READ_BUDGET: usize = 256 * 1024;
 /// Size of one read from a socket.
 const READ_CHUNK: usize = 64 * 1024;
+/// Pause before accepting again after an accept error (such as EMFILE).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Counters of what happened, logged at shutdown.
 #[derive(Debug, Default, Clone)]
@@ -135,6 +137,8 @@ struct Client {
     context: Option<ClientContext>,
     /// The backend that gets this client's events while it lives.
     backend: Option<ConnRef>,
+    /// Reading stopped until the backend's buffer drains.
+    paused: bool,
 }
 
 /// One application backend connection.
@@ -150,6 +154,9 @@ struct Backend {
     writable: bool,
     dirty: bool,
     closing: bool,
+    /// Clients whose reading stopped because this backend's buffer passed
+    /// `--max-backend-buffer`; resumed when it drains to half of that.
+    paused: Vec<ConnRef>,
 }
 
 /// Who a backend message goes to.
@@ -221,6 +228,8 @@ pub struct Server {
     dead_clients: Vec<usize>,
     dead_backends: Vec<usize>,
     shutdown_deadline: Option<Instant>,
+    /// When to retry accepting after an accept error.
+    accept_retry: Option<Instant>,
     stats: Stats,
 }
 
@@ -286,6 +295,7 @@ impl Server {
             dead_clients: Vec::new(),
             dead_backends: Vec::new(),
             shutdown_deadline: None,
+            accept_retry: None,
             stats: Stats::default(),
         })
     }
@@ -391,6 +401,9 @@ impl Server {
         if let Some(d) = self.shutdown_deadline {
             next = next.min(d);
         }
+        if let Some(d) = self.accept_retry {
+            next = next.min(d);
+        }
         // Round up so a deadline is past when we wake.
         Some(next.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
     }
@@ -412,7 +425,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!("cannot accept a WebSocket connection: {e}");
+                    self.accept_failed(e);
                     return;
                 }
             };
@@ -442,9 +455,31 @@ impl Server {
                 dirty: false,
                 context: None,
                 backend: None,
+                paused: false,
             });
             debug!("client {peer} connected (key {key})");
         }
+    }
+
+    /// An accept error other than WouldBlock. Out of descriptors (EMFILE,
+    /// ENFILE) the pending connections stay in the listen backlog and
+    /// accepting is retried shortly, instead of spinning on the error.
+    fn accept_failed(&mut self, e: io::Error) {
+        let now = Instant::now();
+        let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+        if self.accept_retry.is_none() {
+            if out_of_fds {
+                warn!(
+                    "cannot accept: out of file descriptors ({e}); {} clients and {} backends open, retrying in {} ms",
+                    self.clients.len(),
+                    self.backends.len(),
+                    ACCEPT_RETRY.as_millis()
+                );
+            } else {
+                warn!("cannot accept a connection: {e}");
+            }
+        }
+        self.accept_retry = Some(now + ACCEPT_RETRY);
     }
 
     fn accept_backends(&mut self) {
@@ -457,7 +492,7 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    warn!("cannot accept a backend connection: {e}");
+                    self.accept_failed(e);
                     return;
                 }
             };
@@ -491,6 +526,7 @@ impl Server {
                 writable: false,
                 dirty: false,
                 closing: false,
+                paused: Vec::new(),
             });
             self.live_backends.push(key);
             self.mark_backend_dirty(key);
@@ -555,12 +591,27 @@ impl Server {
             let Some(c) = self.clients.get_mut(key) else {
                 return;
             };
-            if !c.readable || matches!(c.phase, Phase::Pending { .. }) {
+            if !c.readable || c.paused || matches!(c.phase, Phase::Pending { .. }) {
                 return;
             }
             if budget == 0 {
                 self.read_again.push(key);
                 return;
+            }
+            if let (Phase::Open, Some(r)) = (&c.phase, c.backend) {
+                let limit = self.config.max_backend_buffer;
+                if let Some(b) = self.backends.get_mut(r.key) {
+                    if b.serial == r.serial && !b.closing && b.out.len() - b.out_pos > limit {
+                        // TCP backpressure: leave the client's bytes in its
+                        // socket until the backend catches up.
+                        c.paused = true;
+                        b.paused.push(ConnRef {
+                            key,
+                            serial: c.serial,
+                        });
+                        return;
+                    }
+                }
             }
             let mut scratch = std::mem::take(&mut self.scratch);
             let result = c.sock.read(&mut scratch);
@@ -1163,6 +1214,17 @@ impl Server {
             key,
             serial: b.serial,
         };
+        let unsent = &b.out[b.out_pos..];
+        if !unsent.is_empty() {
+            let lost = memchr::memchr_iter(b'\n', unsent).count();
+            warn!(
+                "backend {} gone with {lost} events not yet written to it; they are lost",
+                b.peer
+            );
+        }
+        b.out_pos = b.out.len();
+        let paused = std::mem::take(&mut b.paused);
+        self.resume(paused);
         self.live_backends.retain(|&k| k != key);
         self.dead_backends.push(key);
         let orphans: Vec<usize> = self
@@ -1209,6 +1271,11 @@ impl Server {
     // ---------------------------------------------------------------- timers
 
     fn fire_deadlines(&mut self, now: Instant) {
+        if self.accept_retry.is_some_and(|d| d <= now) {
+            self.accept_retry = None;
+            self.accept_clients();
+            self.accept_backends();
+        }
         while let Some(&(deadline, r)) = self.connect_deadlines.front() {
             if deadline > now {
                 break;
@@ -1334,7 +1401,6 @@ impl Server {
                         if !b.closing {
                             info!("backend {} disconnected: {e}", b.peer);
                         }
-                        b.out_pos = b.out.len();
                         self.end_backend(key);
                         break;
                     }
@@ -1347,6 +1413,17 @@ impl Server {
                     if b.out.capacity() > 4 * READ_CHUNK {
                         b.out = Vec::new();
                     }
+                } else if b.out_pos > b.out.len() / 2 {
+                    // Keep the unsent tail at the front so the buffer does
+                    // not grow while a slow backend keeps up only partly.
+                    b.out.drain(..b.out_pos);
+                    b.out_pos = 0;
+                }
+                if !b.paused.is_empty()
+                    && b.out.len() - b.out_pos <= self.config.max_backend_buffer / 2
+                {
+                    let paused = std::mem::take(&mut b.paused);
+                    self.resume(paused);
                 }
             }
         }
@@ -1354,6 +1431,18 @@ impl Server {
         dirty.clear();
         if self.dirty_backends.is_empty() {
             self.dirty_backends = dirty;
+        }
+    }
+
+    /// Lets paused clients read again (next turn).
+    fn resume(&mut self, paused: Vec<ConnRef>) {
+        for r in paused {
+            if let Some(c) = self.clients.get_mut(r.key) {
+                if c.serial == r.serial && c.paused {
+                    c.paused = false;
+                    self.read_again.push(r.key);
+                }
+            }
         }
     }
 
@@ -1384,4 +1473,27 @@ fn trim_cr(line: &mut [u8]) -> &mut [u8] {
         }
         _ => line,
     }
+}
+
+/// Raises the open-file soft limit to the hard limit (every connection is
+/// a descriptor, and many systems start processes with a soft limit of
+/// 1024). Returns the limits before and after.
+pub fn raise_fd_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct we pass.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok((before, limit.rlim_cur))
 }

@@ -74,7 +74,10 @@ mod tests {
 
     #[test]
     fn close_payload() {
-        assert_eq!(&close(Some(1001), "bye")[..], &[0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']);
+        assert_eq!(
+            &close(Some(1001), "bye")[..],
+            &[0x88, 5, 0x03, 0xe9, b'b', b'y', b'e']
+        );
         assert_eq!(&close(None, "ignored")[..], &[0x88, 0]);
         assert!(close(Some(1000), &"é".repeat(100)).len() <= 2 + 125);
     }

@@ -128,7 +128,9 @@ impl FrameReader {
 
     fn check_header(&self, header: &FrameHeader, len: u64) -> Result<(), FrameError> {
         if header.rsv1 || header.rsv2 || header.rsv3 {
-            return Err(FrameError::Protocol("reserved bits set without an extension"));
+            return Err(FrameError::Protocol(
+                "reserved bits set without an extension",
+            ));
         }
         if header.mask.is_none() {
             return Err(FrameError::Protocol("client frames must be masked"));
@@ -187,7 +189,8 @@ impl FrameReader {
                 };
                 Ok(if done.text {
                     // Validated above; the whole buffer is UTF-8.
-                    let text = std::str::from_utf8(&done.data).map_err(|_| FrameError::InvalidUtf8)?;
+                    let text =
+                        std::str::from_utf8(&done.data).map_err(|_| FrameError::InvalidUtf8)?;
                     on_event(Event::Text(text))
                 } else {
                     on_event(Event::Binary(&done.data))
@@ -292,7 +295,10 @@ mod tests {
         out
     }
 
-    fn collect(reader: &mut FrameReader, buf: &mut [u8]) -> (Result<usize, FrameError>, Vec<String>) {
+    fn collect(
+        reader: &mut FrameReader,
+        buf: &mut [u8],
+    ) -> (Result<usize, FrameError>, Vec<String>) {
         let mut seen = Vec::new();
         let r = reader.read(buf, |e| {
             seen.push(match e {
@@ -334,7 +340,10 @@ mod tests {
     fn errors_carry_their_close_codes() {
         let mut r = FrameReader::new(10);
         let mut unmasked = vec![0x81, 0x01, b'a'];
-        assert_eq!(collect(&mut r, &mut unmasked).0.unwrap_err().close_code(), 1002);
+        assert_eq!(
+            collect(&mut r, &mut unmasked).0.unwrap_err().close_code(),
+            1002
+        );
         let mut big = frame(0x81, &[b'a'; 11]);
         assert_eq!(collect(&mut r, &mut big).0, Err(FrameError::TooBig));
         let mut bad = frame(0x81, &[0xff, 0xfe]);

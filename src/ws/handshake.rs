@@ -79,7 +79,9 @@ pub fn parse(
         Err(_) => return Err(HandshakeError::BadRequest("malformed HTTP request")),
     };
     if req.method != Some("GET") {
-        return Err(HandshakeError::BadRequest("a WebSocket upgrade must use GET"));
+        return Err(HandshakeError::BadRequest(
+            "a WebSocket upgrade must use GET",
+        ));
     }
     if req.version != Some(1) {
         return Err(HandshakeError::BadRequest("HTTP/1.1 is required"));
@@ -262,7 +264,10 @@ mod tests {
 
     #[test]
     fn canonical_names() {
-        assert_eq!(canonical_header_name("sec-websocket-key"), "Sec-Websocket-Key");
+        assert_eq!(
+            canonical_header_name("sec-websocket-key"),
+            "Sec-Websocket-Key"
+        );
         assert_eq!(canonical_header_name("X-USER"), "X-User");
         assert_eq!(canonical_header_name("user agent"), "user agent");
     }
