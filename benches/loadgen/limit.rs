@@ -1,0 +1,445 @@
+//! The limit server: the simplest server that can serve each scenario, run
+//! as a separate process (`loadgen __limit-server --mode M`) so it can be
+//! pinned and measured through /proc exactly like the broker. Its cost is
+//! the machine's floor for the same traffic.
+//!
+//! - every mode: accept, read the upgrade head, answer a fixed 101 (only the
+//!   accept key filled in), keep the socket.
+//! - `fanout`: the tool writes one control line per message on the control
+//!   port (`ROOM\tPAYLOAD\n`, ROOM a number from the client's path
+//!   `/ws/ROOM/...` or `*` for everyone). Each line becomes one frame,
+//!   encoded once and shared (Rc) by every member's queue; each queue is
+//!   flushed with vectored writes once per loop turn. No JSON, no ids, no
+//!   hashing: rooms are a Vec indexed by number.
+//! - `echo`: every client frame is written straight back, unmasked, to its
+//!   sender: one read and one write per round trip.
+//! - `accept`: nothing after the 101.
+//!
+//! It exits when the control connection closes, or after --timeout.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use crate::os;
+use crate::ws;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Mode {
+    Fanout,
+    Echo,
+    Accept,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Fanout => "fanout",
+            Mode::Echo => "echo",
+            Mode::Accept => "accept",
+        }
+    }
+}
+
+const WS_LISTENER: Token = Token(usize::MAX - 1);
+const CTRL_LISTENER: Token = Token(usize::MAX - 2);
+const CTRL: Token = Token(usize::MAX - 3);
+const MAX_IOV: usize = 1024;
+
+struct Conn {
+    stream: TcpStream,
+    upgraded: bool,
+    /// Upgrade head, or a partial inbound frame (echo).
+    inbuf: Vec<u8>,
+    /// Shared frames to send (fanout); the first one from `out_off`.
+    out: VecDeque<Rc<[u8]>>,
+    out_off: usize,
+    /// Bytes not yet written (101 reply, echoed frames).
+    raw: Vec<u8>,
+    writable: bool,
+    queued: bool,
+}
+
+struct Server {
+    mode: Mode,
+    conns: Vec<Option<Conn>>,
+    rooms: Vec<Vec<usize>>,
+    everyone: Vec<usize>,
+    dirty: Vec<usize>,
+    scratch: Vec<u8>,
+}
+
+/// Entry point of the hidden subcommand; returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let mut mode = None;
+    let mut timeout = Duration::from_secs(60);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next().map(String::as_str)) {
+            ("--mode", Some("fanout")) => mode = Some(Mode::Fanout),
+            ("--mode", Some("echo")) => mode = Some(Mode::Echo),
+            ("--mode", Some("accept")) => mode = Some(Mode::Accept),
+            ("--timeout", Some(t)) => match t.parse::<f64>() {
+                Ok(s) if s > 0.0 => timeout = Duration::from_secs_f64(s),
+                _ => return usage(),
+            },
+            _ => return usage(),
+        }
+    }
+    let Some(mode) = mode else { return usage() };
+    match run(mode, timeout) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("loadgen limit server: {e}");
+            1
+        }
+    }
+}
+
+fn usage() -> i32 {
+    eprintln!("usage: loadgen __limit-server --mode fanout|echo|accept [--timeout SECS]");
+    3
+}
+
+fn run(mode: Mode, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    os::raise_nofile_limit()?;
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut ws_listener = TcpListener::bind(any)?;
+    let mut ctrl_listener = TcpListener::bind(any)?;
+    let mut poll = Poll::new()?;
+    poll.registry()
+        .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
+    poll.registry()
+        .register(&mut ctrl_listener, CTRL_LISTENER, Interest::READABLE)?;
+    eprintln!(
+        "loadgen limit server mode={} listening websocket={} backend={}",
+        mode.name(),
+        ws_listener.local_addr()?,
+        ctrl_listener.local_addr()?
+    );
+    let mut server = Server {
+        mode,
+        conns: Vec::new(),
+        rooms: Vec::new(),
+        everyone: Vec::new(),
+        dirty: Vec::new(),
+        scratch: vec![0; 256 * 1024],
+    };
+    let mut ctrl: Option<(TcpStream, Vec<u8>)> = None;
+    let mut events = Events::with_capacity(1024);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::other("timeout"));
+        }
+        match poll.poll(&mut events, Some(left)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        for ev in events.iter() {
+            match ev.token() {
+                WS_LISTENER => server.accept(&ws_listener, &poll)?,
+                CTRL_LISTENER => {
+                    if let Ok((mut s, _)) = ctrl_listener.accept() {
+                        s.set_nodelay(true)?;
+                        poll.registry().register(&mut s, CTRL, Interest::READABLE)?;
+                        ctrl = Some((s, Vec::new()));
+                    }
+                }
+                CTRL => {
+                    if let Some((s, buf)) = ctrl.as_mut() {
+                        if !server.control(s, buf) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Token(i) => {
+                    if ev.is_writable() {
+                        if let Some(Some(c)) = server.conns.get_mut(i) {
+                            c.writable = true;
+                            if !c.queued && (!c.out.is_empty() || !c.raw.is_empty()) {
+                                c.queued = true;
+                                server.dirty.push(i);
+                            }
+                        }
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        server.readable(i);
+                    }
+                }
+            }
+        }
+        server.flush_dirty();
+    }
+}
+
+impl Server {
+    fn accept(&mut self, listener: &TcpListener, poll: &Poll) -> io::Result<()> {
+        loop {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let i = self.conns.len();
+                    stream.set_nodelay(true)?;
+                    poll.registry().register(
+                        &mut stream,
+                        Token(i),
+                        Interest::READABLE | Interest::WRITABLE,
+                    )?;
+                    self.conns.push(Some(Conn {
+                        stream,
+                        upgraded: false,
+                        inbuf: Vec::new(),
+                        out: VecDeque::new(),
+                        out_off: 0,
+                        raw: Vec::new(),
+                        writable: true,
+                        queued: false,
+                    }));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EMFILE and friends: leave the rest in the backlog.
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+
+    /// Reads control lines; false once the control connection is gone.
+    fn control(&mut self, s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+        loop {
+            let start = buf.len();
+            buf.resize(start + 64 * 1024, 0);
+            match s.read(&mut buf[start..]) {
+                Ok(0) => return false,
+                Ok(n) => {
+                    buf.truncate(start + n);
+                    let mut done = 0;
+                    while let Some(nl) = buf[done..].iter().position(|&b| b == b'\n') {
+                        let line = &buf[done..done + nl];
+                        if let Some(tab) = line.iter().position(|&b| b == b'\t') {
+                            self.fan_out(&line[..tab], &line[tab + 1..]);
+                        }
+                        done += nl + 1;
+                    }
+                    buf.drain(..done);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    buf.truncate(start);
+                    return true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(start),
+                Err(_) => return false,
+            }
+        }
+    }
+
+    fn fan_out(&mut self, room: &[u8], payload: &[u8]) {
+        let mut frame = Vec::with_capacity(payload.len() + 10);
+        ws::push_head(&mut frame, ws::OP_TEXT, payload.len(), None);
+        frame.extend_from_slice(payload);
+        let frame: Rc<[u8]> = frame.into();
+        let members = if room == b"*" {
+            &self.everyone
+        } else {
+            match std::str::from_utf8(room)
+                .ok()
+                .and_then(|r| r.parse::<usize>().ok())
+                .and_then(|r| self.rooms.get(r))
+            {
+                Some(m) => m,
+                None => return,
+            }
+        };
+        for &i in members {
+            if let Some(Some(c)) = self.conns.get_mut(i) {
+                c.out.push_back(frame.clone());
+                if !c.queued {
+                    c.queued = true;
+                    self.dirty.push(i);
+                }
+            }
+        }
+    }
+
+    fn readable(&mut self, i: usize) {
+        let Some(Some(c)) = self.conns.get_mut(i) else {
+            return;
+        };
+        loop {
+            let n = match c.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.conns[i] = None;
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.conns[i] = None;
+                    return;
+                }
+            };
+            let data = &self.scratch[..n];
+            if !c.upgraded {
+                c.inbuf.extend_from_slice(data);
+                let Some(end) = ws::header_end(&c.inbuf) else {
+                    if c.inbuf.len() > 16 * 1024 {
+                        self.conns[i] = None;
+                        return;
+                    }
+                    continue;
+                };
+                let Some(path) = ws::accept_upgrade(&c.inbuf[..end], &mut c.raw) else {
+                    self.conns[i] = None;
+                    return;
+                };
+                c.upgraded = true;
+                c.inbuf.drain(..end);
+                c.inbuf.shrink_to_fit();
+                if !c.queued {
+                    c.queued = true;
+                    self.dirty.push(i);
+                }
+                if self.mode == Mode::Fanout {
+                    let room = path
+                        .strip_prefix(b"/ws/")
+                        .and_then(|p| p.split(|&b| b == b'/').next())
+                        .and_then(|r| std::str::from_utf8(r).ok())
+                        .and_then(|r| r.parse::<usize>().ok());
+                    if let Some(r) = room.filter(|&r| r < 1 << 20) {
+                        if self.rooms.len() <= r {
+                            self.rooms.resize_with(r + 1, Vec::new);
+                        }
+                        self.rooms[r].push(i);
+                    }
+                    self.everyone.push(i);
+                }
+            } else if self.mode == Mode::Echo {
+                if !echo(c, data) {
+                    self.conns[i] = None;
+                    return;
+                }
+                if !c.queued {
+                    c.queued = true;
+                    self.dirty.push(i);
+                }
+            }
+            // A short read drained the socket; epoll (edge-triggered) will
+            // report any data that arrives from now on.
+            if n < self.scratch.len() {
+                return;
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            let Some(Some(c)) = self.conns.get_mut(i) else {
+                continue;
+            };
+            c.queued = false;
+            if c.writable && !flush(c) {
+                self.conns[i] = None;
+            }
+        }
+        dirty.clear();
+        self.dirty = dirty;
+    }
+}
+
+/// Echoes every complete frame of `data` (after any partial one kept in
+/// the connection) into `raw`, unmasked, as a server frame of the same
+/// opcode; false on a close frame or a protocol error.
+fn echo(c: &mut Conn, data: &[u8]) -> bool {
+    if c.inbuf.is_empty() {
+        let Some(at) = echo_frames(data, &mut c.raw) else {
+            return false;
+        };
+        c.inbuf.extend_from_slice(&data[at..]);
+    } else {
+        c.inbuf.extend_from_slice(data);
+        let Some(at) = echo_frames(&c.inbuf, &mut c.raw) else {
+            return false;
+        };
+        c.inbuf.drain(..at);
+    }
+    true
+}
+
+/// Bytes of `buf` consumed (complete frames), None to close.
+fn echo_frames(buf: &[u8], raw: &mut Vec<u8>) -> Option<usize> {
+    let mut at = 0;
+    while let Some(h) = ws::parse_head(&buf[at..]) {
+        if h.payload_len > 16 << 20 || h.opcode == ws::OP_CLOSE {
+            return None;
+        }
+        let end = at + h.header_len + h.payload_len;
+        if end > buf.len() {
+            break;
+        }
+        let mask = h.mask?;
+        ws::push_head(raw, h.opcode, h.payload_len, None);
+        let start = raw.len();
+        raw.extend_from_slice(&buf[at + h.header_len..end]);
+        ws::apply_mask(&mut raw[start..], mask);
+        at = end;
+    }
+    Some(at)
+}
+
+/// Writes raw bytes then queued frames until done or WouldBlock; false if
+/// the connection failed.
+fn flush(c: &mut Conn) -> bool {
+    while !c.raw.is_empty() {
+        match c.stream.write(&c.raw) {
+            Ok(n) => {
+                c.raw.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.writable = false;
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    while !c.out.is_empty() {
+        let empty: &[u8] = &[];
+        let mut iov = [IoSlice::new(empty); MAX_IOV];
+        let mut k = 0;
+        for (j, f) in c.out.iter().take(MAX_IOV).enumerate() {
+            iov[j] = IoSlice::new(if j == 0 { &f[c.out_off..] } else { f });
+            k = j + 1;
+        }
+        match c.stream.write_vectored(&iov[..k]) {
+            Ok(mut n) => {
+                while n > 0 {
+                    let head = c.out[0].len() - c.out_off;
+                    if n >= head {
+                        n -= head;
+                        c.out.pop_front();
+                        c.out_off = 0;
+                    } else {
+                        c.out_off += n;
+                        n = 0;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                c.writable = false;
+                return true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
