@@ -16,8 +16,8 @@ fn main() -> ExitCode {
                 println!("{}", exit.output);
                 ExitCode::SUCCESS
             } else {
-                eprintln!("pystrands-server: error: {}", exit.output.trim_end());
-                eprintln!("Run 'pystrands-server --help' for the flags and their defaults.");
+                let message = exit.output.trim_end().replace('\n', " ");
+                eprintln!("pystrands-server: error: {message} (see --help)");
                 ExitCode::from(2)
             };
         }
