@@ -12,11 +12,39 @@
 
 use std::borrow::Cow;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
+
 use simd_json::prelude::*;
 use simd_json::value::borrowed::{to_value_with_buffers, Value};
 use simd_json::Buffers;
 
 use crate::json::push_str;
+
+/// A message for clients: text sent as is, or binary (base64 on the wire,
+/// `"binary": true`), already decoded.
+#[derive(Debug, PartialEq)]
+pub enum Payload<'a> {
+    /// A text frame's payload.
+    Text(Cow<'a, str>),
+    /// A binary frame's payload.
+    Binary(Vec<u8>),
+}
+
+impl Payload<'_> {
+    /// The frame payload bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match self {
+            Payload::Text(t) => t.as_bytes(),
+            Payload::Binary(b) => b,
+        }
+    }
+
+    /// Whether this goes out as a binary frame.
+    pub fn is_binary(&self) -> bool {
+        matches!(self, Payload::Binary(_))
+    }
+}
 
 /// What a backend asked for.
 #[derive(Debug, PartialEq)]
@@ -37,21 +65,21 @@ pub enum Command<'a> {
     /// A message to every connected client.
     Broadcast {
         /// The frame payload.
-        message: Cow<'a, str>,
+        message: Payload<'a>,
     },
     /// A message to every client in one room.
     MessageToRoom {
         /// The room.
         room_id: Cow<'a, str>,
         /// The frame payload.
-        message: Cow<'a, str>,
+        message: Payload<'a>,
     },
     /// A message to every connection of one client id.
     MessageToConnection {
         /// The client id (`conn_id` on the wire).
         conn_id: Cow<'a, str>,
         /// The frame payload.
-        message: Cow<'a, str>,
+        message: Payload<'a>,
     },
 }
 
@@ -108,6 +136,23 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
             ))),
         }
     };
+    let message = || -> Result<Payload<'v>, CommandError> {
+        let text = need("message")?;
+        let binary = match params.and_then(|p| p.get("binary")) {
+            None => false,
+            Some(v) if v.is_null() => false,
+            Some(v) => v.as_bool().ok_or_else(|| {
+                CommandError(format!("{action}: params.binary must be a boolean"))
+            })?,
+        };
+        if !binary {
+            return Ok(Payload::Text(text));
+        }
+        BASE64
+            .decode(text.as_bytes())
+            .map(Payload::Binary)
+            .map_err(|e| CommandError(format!("{action}: params.message is not valid base64: {e}")))
+    };
     match action {
         "response" => {
             let request_id = match value.get("request_id") {
@@ -136,15 +181,15 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
             })
         }
         "broadcast" => Ok(Command::Broadcast {
-            message: need("message")?,
+            message: message()?,
         }),
         "message_to_room" => Ok(Command::MessageToRoom {
             room_id: need("room_id")?,
-            message: need("message")?,
+            message: message()?,
         }),
         "message_to_connection" => Ok(Command::MessageToConnection {
             conn_id: need("conn_id")?,
-            message: need("message")?,
+            message: message()?,
         }),
         other => Err(CommandError(format!("unknown action '{other}'"))),
     }
@@ -220,6 +265,22 @@ pub fn push_new_message(out: &mut Vec<u8>, message: &str, context: &[u8]) {
     out.extend_from_slice(CLOSE);
 }
 
+/// `new_message` for a binary message: base64 in `message`, `"binary": true`.
+pub fn push_new_binary_message(out: &mut Vec<u8>, message: &[u8], context: &[u8]) {
+    open(out, "new_message", "");
+    out.extend_from_slice(b"\"message\":\"");
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(message.len(), true).unwrap_or(0),
+        0,
+    );
+    let written = BASE64.encode_slice(message, &mut out[start..]).unwrap_or(0);
+    out.truncate(start + written);
+    out.extend_from_slice(b"\",\"binary\":true,\"context\":");
+    out.extend_from_slice(context);
+    out.extend_from_slice(CLOSE);
+}
+
 /// `disconnected`: a client's connection ended.
 pub fn push_disconnected(out: &mut Vec<u8>, context: &[u8]) {
     open(out, "disconnected", "");
@@ -280,7 +341,7 @@ mod tests {
                     c.unwrap(),
                     Command::MessageToRoom {
                         room_id: "r\n1".into(),
-                        message: "hi".into()
+                        message: Payload::Text("hi".into())
                     }
                 )
             },
@@ -318,6 +379,26 @@ mod tests {
                 ))
             },
         );
+    }
+
+    #[test]
+    fn binary_payloads_round_trip_through_base64() {
+        with_command(
+            r#"{"action":"broadcast","params":{"message":"AAH/","binary":true}}"#,
+            |c| {
+                assert_eq!(
+                    c.unwrap(),
+                    Command::Broadcast {
+                        message: Payload::Binary(vec![0, 1, 255])
+                    }
+                )
+            },
+        );
+        let mut out = Vec::new();
+        push_new_binary_message(&mut out, &[0, 1, 255], b"{}");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["params"]["message"], "AAH/");
+        assert_eq!(v["params"]["binary"], true);
     }
 
     #[test]

@@ -226,10 +226,12 @@ impl Config {
 }
 
 fn parse_port(source: &str, value: &str) -> Result<u16, ConfigError> {
-    value
-        .trim()
-        .parse::<u16>()
-        .map_err(|_| err(source, format!("'{value}' is not a port number (0 to 65535)")))
+    value.trim().parse::<u16>().map_err(|_| {
+        err(
+            source,
+            format!("'{value}' is not a port number (0 to 65535)"),
+        )
+    })
 }
 
 fn parse_ip(source: &str, value: &str) -> Result<IpAddr, ConfigError> {
@@ -257,7 +259,10 @@ fn parse_seconds(source: &str, value: &str) -> Result<Duration, ConfigError> {
 
 fn at_least(source: &str, value: usize, min: usize) -> Result<usize, ConfigError> {
     if value < min {
-        return Err(err(source, format!("{value} is below the minimum of {min}")));
+        return Err(err(
+            source,
+            format!("{value} is below the minimum of {min}"),
+        ));
     }
     Ok(value)
 }

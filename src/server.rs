@@ -34,7 +34,7 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 
-use crate::backend::{self, Command};
+use crate::backend::{self, Command, Payload};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::outq::{Flushed, OutQueue, Shared};
@@ -255,7 +255,8 @@ impl Server {
         let mut signals = Signals::new([SIGINT, SIGTERM])
             .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
         let registry = poll.registry();
-        let register_err = |e: io::Error| StartError(format!("cannot register with the poller: {e}"));
+        let register_err =
+            |e: io::Error| StartError(format!("cannot register with the poller: {e}"));
         registry
             .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)
             .map_err(register_err)?;
@@ -347,7 +348,8 @@ impl Server {
                             continue;
                         };
                         if let Some(c) = self.clients.get_mut(key) {
-                            c.readable |= event.is_readable() || event.is_read_closed() || event.is_error();
+                            c.readable |=
+                                event.is_readable() || event.is_read_closed() || event.is_error();
                             if event.is_writable() {
                                 c.writable = true;
                                 self.mark_client_dirty(key);
@@ -434,11 +436,11 @@ impl Server {
             let entry = self.clients.vacant_entry();
             let key = entry.key();
             let token = Token(CLIENT_BASE + key);
-            if let Err(e) = self
-                .poll
-                .registry()
-                .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
-            {
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
                 warn!("cannot register client {peer}: {e}");
                 continue;
             }
@@ -683,8 +685,10 @@ impl Server {
             Phase::Handshake => self.handshake_bytes(key, bytes),
             Phase::Pending { .. } => 0,
             Phase::Open | Phase::Closing { await_peer: true } => {
-                let mut reader =
-                    std::mem::replace(&mut c.reader, FrameReader::new(self.config.max_message_size));
+                let mut reader = std::mem::replace(
+                    &mut c.reader,
+                    FrameReader::new(self.config.max_message_size),
+                );
                 let result = reader.read(bytes, |event| self.client_event(key, event));
                 if let Some(c) = self.clients.get_mut(key) {
                     c.reader = reader;
@@ -740,16 +744,11 @@ impl Server {
                 self.route_client_event(key, |out, ctx| backend::push_new_message(out, text, ctx));
                 true
             }
-            Event::Binary(_) => {
-                self.end_client(
-                    key,
-                    Ending::Close {
-                        code: 1003,
-                        reason: "binary messages are not supported",
-                        await_peer: false,
-                    },
-                );
-                false
+            Event::Binary(bytes) => {
+                self.route_client_event(key, |out, ctx| {
+                    backend::push_new_binary_message(out, bytes, ctx)
+                });
+                true
             }
             Event::Ping(payload) => {
                 let pong = encode::pong(payload);
@@ -818,7 +817,10 @@ impl Server {
     fn connection_request(&mut self, key: usize, request: handshake::UpgradeRequest) {
         if self.shutdown_deadline.is_some() {
             self.stats.unavailable += 1;
-            self.end_client(key, Ending::Http(503, "Service Unavailable", "server shutting down"));
+            self.end_client(
+                key,
+                Ending::Http(503, "Service Unavailable", "server shutting down"),
+            );
             return;
         }
         let Some(bkey) = self.pick_backend() else {
@@ -1131,8 +1133,9 @@ impl Server {
                 let Some(c) = self.clients.get_mut(ckey) else {
                     return;
                 };
-                let Phase::Pending { url, accept_key, .. } =
-                    std::mem::replace(&mut c.phase, Phase::Open)
+                let Phase::Pending {
+                    url, accept_key, ..
+                } = std::mem::replace(&mut c.phase, Phase::Open)
                 else {
                     return;
                 };
@@ -1141,7 +1144,8 @@ impl Server {
                     .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
                 let room_id = room_id.map_or_else(|| url.to_string(), |s| s.into_owned());
                 let json = backend::context_json(&client_id, &room_id, metadata);
-                c.outq.push(Rc::from(handshake::switching_protocols(&accept_key)));
+                c.outq
+                    .push(Rc::from(handshake::switching_protocols(&accept_key)));
                 c.context = Some(ClientContext { json });
                 c.backend = self.backends.get(key).map(|b| ConnRef {
                     key,
@@ -1162,7 +1166,7 @@ impl Server {
     /// Encodes `message` once and queues that one buffer on every client
     /// of the audience. Clients pushed past `--max-outbound-bytes` are
     /// closed afterwards, so the member list is never changed mid-walk.
-    fn fan_out(&mut self, audience: Audience<'_>, message: &str) {
+    fn fan_out(&mut self, audience: Audience<'_>, message: &Payload<'_>) {
         let members = match audience {
             Audience::All => self.hub.all(),
             Audience::Room(room) => self.hub.room(room),
@@ -1171,7 +1175,7 @@ impl Server {
         if members.is_empty() {
             return;
         }
-        let frame = encode::message(message.as_bytes(), false);
+        let frame = encode::message(message.as_bytes(), message.is_binary());
         let limit = self.config.max_outbound_bytes;
         for &key in members {
             let Some(c) = self.clients.get_mut(key) else {
@@ -1294,7 +1298,11 @@ impl Server {
                 break;
             }
             self.close_deadlines.pop_front();
-            if self.clients.get(r.key).is_some_and(|c| c.serial == r.serial) {
+            if self
+                .clients
+                .get(r.key)
+                .is_some_and(|c| c.serial == r.serial)
+            {
                 self.end_client(r.key, Ending::Drop);
             }
         }
