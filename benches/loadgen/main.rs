@@ -72,8 +72,9 @@ conns:
 any scenario:
   --size S               payload bytes, default 64 (at least 40)
   --concurrency N        handshakes in flight while connecting, default 128
-  --sources N            connect from 127.0.0.1..127.0.0.N (default: one per 25,000
-                         connections; each source address has its own port range)
+  --sources N            connect from 127.0.0.1..127.0.0.N (default: one per 4,000
+                         connections; each source address has its own port range,
+                         and the kernel's port search slows down as a range fills)
   --drain SECS           give up waiting for missing deliveries after SECS without
                          progress, default 5
   --timeout SECS         bound of the whole run, default 60; exit 2 when reached

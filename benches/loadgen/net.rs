@@ -131,6 +131,8 @@ pub struct BackendCounts {
     /// new_connection events for our own clients (client_id "c...").
     pub registered: u64,
     pub disconnected: u64,
+    /// disconnected events for our own clients.
+    pub unregistered: u64,
     pub new_messages: u64,
     pub errors: u64,
     pub error_samples: Vec<String>,
@@ -322,7 +324,12 @@ impl Backend {
                     }
                 }
             }
-            Some("disconnected") => self.counts.disconnected += 1,
+            Some("disconnected") => {
+                self.counts.disconnected += 1;
+                if context_id().is_some_and(|id| id.starts_with('c')) {
+                    self.counts.unregistered += 1;
+                }
+            }
             Some("error") => {
                 self.counts.errors += 1;
                 if self.counts.error_samples.len() < 5 {
@@ -579,6 +586,25 @@ impl Net {
     pub fn close_all(&mut self) {
         for i in 0..self.clients.len() {
             self.drop_client(i);
+        }
+    }
+
+    /// Closes every client, then (with our own backend on a broker) waits
+    /// up to `wait` for the broker's `disconnected` event of each one it
+    /// announced, so the backend connection is not dropped mid-stream.
+    pub fn close_all_and_settle(&mut self, wait: Duration) {
+        self.close_all();
+        let until = Instant::now() + wait;
+        while let Some(b) = self.backend.as_ref() {
+            if b.kind != BackendKind::Broker
+                || b.counts.unregistered >= b.counts.registered
+                || Instant::now() >= until
+            {
+                break;
+            }
+            if self.turn(Duration::from_millis(20)).is_err() {
+                break;
+            }
         }
     }
 

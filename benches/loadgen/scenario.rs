@@ -26,9 +26,13 @@ fn rss_of(pid: Option<u32>) -> Option<u64> {
 }
 
 /// The source addresses clients connect from: none (the kernel's choice)
-/// or 127.0.0.1..=127.0.0.N, one per 25,000 connections unless told.
+/// or 127.0.0.1..=127.0.0.N. The default is one per 4,000 connections: a
+/// source address has ~28,000 ephemeral ports, but the kernel's search for
+/// a free one in connect() slows down as they fill (19,000 connections
+/// from one address cost the tool 6 s of CPU, from four 0.7 s), which
+/// would make the tool, not the server, set the connect rate.
 fn sources(cfg: &Config, connections: usize) -> Vec<Ipv4Addr> {
-    let n = cfg.sources.unwrap_or(connections.div_ceil(25_000));
+    let n = cfg.sources.unwrap_or(connections.div_ceil(4_000));
     if n <= 1 {
         Vec::new()
     } else {
@@ -125,11 +129,14 @@ pub fn run(cfg: &Config, target: &mut Target, deadline: Instant) -> Result<Repor
     };
     result.map_err(|e| with_progress(&net, e))?;
 
+    net.close_all_and_settle(Duration::from_secs(2));
     if let Some(b) = net.backend.as_ref() {
         let c = &b.counts;
         r.set("backend_connection_requests", c.connection_requests);
         r.set("backend_new_messages", c.new_messages);
         r.set("backend_disconnected", c.disconnected);
+        r.set("backend_registered", c.registered);
+        r.set("backend_unregistered", c.unregistered);
         r.set("backend_errors", c.errors);
         r.set("backend_unparsable", c.unparsable);
         if c.errors > 0 {
@@ -145,7 +152,6 @@ pub fn run(cfg: &Config, target: &mut Target, deadline: Instant) -> Result<Repor
             ));
         }
     }
-    net.close_all();
     if let Some(status) = target.exit_status() {
         r.problems.push(format!(
             "the server exited during the run ({status}){}",
@@ -167,11 +173,13 @@ fn connect_phase(
     let n = net.clients.len();
     let cpu0 = cpu_of(target.pid);
     let rss0 = rss_of(target.pid).or(rss_start);
+    let self0 = os::self_cpu_s();
     let t0 = Instant::now();
     net.phase = format!("connecting {n} clients");
     net.connect_clients(0..n, cfg.concurrency)?;
     let secs = t0.elapsed().as_secs_f64();
     let cpu1 = cpu_of(target.pid);
+    let self1 = os::self_cpu_s();
     let rss1 = rss_of(target.pid);
     let t = net.tally();
     let ok = t.connected;
@@ -196,6 +204,17 @@ fn connect_phase(
     }
     let hs = net.handshake_latency();
     r.latency("handshake", "handshake latency", hs);
+    let busy = (self1 - self0) / secs.max(1e-9);
+    r.set("loadgen_connect_cpu_s", round(self1 - self0, 3));
+    r.set("loadgen_connect_busy", round(busy, 3));
+    r.line(
+        "loadgen CPU connect",
+        format!(
+            "{:.2} s ({:.0}% of the connect phase)",
+            self1 - self0,
+            busy * 100.0
+        ),
+    );
     r.cpu(
         "server_connect",
         "server CPU/connection",

@@ -106,7 +106,7 @@ impl Target {
                         tx = None;
                     }
                 }
-                let loud = ["WARN", "ERROR", "warn", "error", "panicked"]
+                let loud = ["WARN", "ERROR", "panicked"]
                     .iter()
                     .any(|w| line.contains(w));
                 if loud && forwarded < 50 {
