@@ -55,7 +55,8 @@ pub struct Args {
     pub max_message_size: usize,
 
     /// bytes that may wait in one client's send queue; a client that falls
-    /// further behind is closed with 1008 (default 4194304)
+    /// further behind is closed with 1008 (one larger message still goes to
+    /// a client whose queue is empty) (default 4194304)
     #[argh(option, default = "4 * MIB")]
     pub max_outbound_bytes: usize,
 
