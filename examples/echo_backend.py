@@ -1,4 +1,5 @@
-"""Echo backend: every message a WebSocket client sends comes back to it alone.
+"""Echo backend: every message a WebSocket client sends, text or binary, comes
+back to it alone (send_private_message to its client_id).
 
 Start a broker, then this backend, then talk to ws://localhost:8080/any/path:
 

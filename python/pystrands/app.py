@@ -36,6 +36,7 @@ from typing import Any, Awaitable, Callable, Generator, Optional, TypeVar, overl
 
 from .async_client import AsyncPyStrandsClient
 from . import protocol
+from .protocol import Message
 
 __all__ = ["PyStrands"]
 
@@ -141,7 +142,7 @@ class PyStrands:
             return asyncio.ensure_future(self.client._drain())
         return _SENT
 
-    def broadcast_message(self, message: str) -> Awaitable[None]:
+    def broadcast_message(self, message: Message) -> Awaitable[None]:
         """Send ``message`` to every connected client."""
         client = self.client
         client._write(protocol.encode_broadcast(message, str(next(client._ids))))
@@ -149,13 +150,13 @@ class PyStrands:
 
     broadcast = broadcast_message
 
-    def send_room_message(self, room_id: str, message: str) -> Awaitable[None]:
+    def send_room_message(self, room_id: str, message: Message) -> Awaitable[None]:
         """Send ``message`` to every client in ``room_id``."""
         client = self.client
         client._write(protocol.encode_room_message(room_id, message, str(next(client._ids))))
         return self._sent()
 
-    def send_private_message(self, client_id: str, message: str) -> Awaitable[None]:
+    def send_private_message(self, client_id: str, message: Message) -> Awaitable[None]:
         """Send ``message`` to every connection of ``client_id``."""
         client = self.client
         client._write(protocol.encode_private_message(client_id, message, str(next(client._ids))))

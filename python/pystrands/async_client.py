@@ -42,6 +42,7 @@ from types import CoroutineType
 from typing import Any, Awaitable, Deque, Dict, List, Optional, Set, Union
 
 from . import protocol
+from .protocol import Message, decode_binary
 from .context import ConnectionRequestContext, Context
 from .errors import NotConnectedError, ProtocolError, PyStrandsConnectionError
 
@@ -54,7 +55,6 @@ _FLUSH_BYTES = 64 * 1024
 #: reading from the broker until the consumer has caught up by half.
 _MAX_BACKLOG = 100_000
 
-HandlerResult = Union[None, Awaitable[Any]]
 
 
 class _BrokerConnection(asyncio.Protocol):
@@ -298,21 +298,21 @@ class AsyncPyStrandsClient:
 
     # ------------------------------------------------------------------ sending
 
-    async def broadcast_message(self, message: str) -> None:
+    async def broadcast_message(self, message: Message) -> None:
         """Send ``message`` to every connected WebSocket client."""
         self._write(protocol.encode_broadcast(message, str(next(self._ids))))
         conn = self._conn
         if conn is not None and conn.write_paused:
             await self._drain()
 
-    async def send_room_message(self, room_id: str, message: str) -> None:
+    async def send_room_message(self, room_id: str, message: Message) -> None:
         """Send ``message`` to every client in ``room_id``."""
         self._write(protocol.encode_room_message(room_id, message, str(next(self._ids))))
         conn = self._conn
         if conn is not None and conn.write_paused:
             await self._drain()
 
-    async def send_private_message(self, client_id: str, message: str) -> None:
+    async def send_private_message(self, client_id: str, message: Message) -> None:
         """Send ``message`` to every connection whose client_id is ``client_id``."""
         self._write(protocol.encode_private_message(client_id, message, str(next(self._ids))))
         conn = self._conn
@@ -477,9 +477,11 @@ class AsyncPyStrandsClient:
                 action = event["action"]
                 if action == "new_message":
                     c = params["context"]
+                    message = params["message"]
+                    if "binary" in params and params["binary"] is True:
+                        message = decode_binary(message)
                     result = self.on_message(
-                        params["message"],
-                        make_context(c["client_id"], c["room_id"], c["metadata"]),
+                        message, make_context(c["client_id"], c["room_id"], c["metadata"])
                     )
                 elif action == "new_connection":
                     result = self.on_new_connection(protocol.context_from_params(params))
@@ -525,8 +527,8 @@ class AsyncPyStrandsClient:
     async def on_connect(self, context: Context) -> None:
         """A client was accepted and is connected (the README's name)."""
 
-    async def on_message(self, message: str, context: Context) -> None:
-        """A client sent ``message``."""
+    async def on_message(self, message: Union[str, bytes], context: Context) -> None:
+        """A client sent ``message`` (``bytes`` for a binary message)."""
 
     async def on_disconnect(self, context: Context) -> None:
         """A client's WebSocket closed."""

@@ -51,9 +51,10 @@ import socket
 import threading
 from itertools import count
 from threading import get_ident
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from . import protocol
+from .protocol import Message, decode_binary
 from .context import ConnectionRequestContext, Context
 from .errors import NotConnectedError, ProtocolError, PyStrandsConnectionError
 
@@ -257,15 +258,15 @@ class PyStrandsClient:
 
     # ------------------------------------------------------------------ sending
 
-    def broadcast_message(self, message: str) -> None:
+    def broadcast_message(self, message: Message) -> None:
         """Send ``message`` to every connected WebSocket client."""
         self._send(protocol.encode_broadcast(message, str(next(self._ids))))
 
-    def send_room_message(self, room_id: str, message: str) -> None:
+    def send_room_message(self, room_id: str, message: Message) -> None:
         """Send ``message`` to every client in ``room_id``."""
         self._send(protocol.encode_room_message(room_id, message, str(next(self._ids))))
 
-    def send_private_message(self, client_id: str, message: str) -> None:
+    def send_private_message(self, client_id: str, message: Message) -> None:
         """Send ``message`` to every connection whose client_id is ``client_id``."""
         self._send(protocol.encode_private_message(client_id, message, str(next(self._ids))))
 
@@ -482,10 +483,10 @@ class PyStrandsClient:
                 action = event["action"]
                 if action == "new_message":
                     c = params["context"]
-                    on_message(
-                        params["message"],
-                        make_context(c["client_id"], c["room_id"], c["metadata"]),
-                    )
+                    message = params["message"]
+                    if "binary" in params and params["binary"] is True:
+                        message = decode_binary(message)
+                    on_message(message, make_context(c["client_id"], c["room_id"], c["metadata"]))
                 elif action == "new_connection":
                     self.on_new_connection(protocol.context_from_params(params))
                 elif action == "disconnected":
@@ -518,8 +519,8 @@ class PyStrandsClient:
     def on_connect(self, context: Context) -> None:
         """A client was accepted and is connected (the README's name)."""
 
-    def on_message(self, message: str, context: Context) -> None:
-        """A client sent ``message``."""
+    def on_message(self, message: Union[str, bytes], context: Context) -> None:
+        """A client sent ``message`` (``bytes`` for a binary message)."""
 
     def on_disconnect(self, context: Context) -> None:
         """A client's WebSocket closed."""

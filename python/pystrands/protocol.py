@@ -8,6 +8,8 @@ function can be unit-tested with plain values.
 
 Framing: one JSON object per line, UTF-8, ``\\n`` terminated, in both
 directions. Envelope: ``{"action": ..., "request_id": ..., "params": {...}}``.
+Binary messages (an additive extension the 1.0.0 client ignores) carry the
+payload base64-encoded in ``message`` plus ``"binary": true``, both ways.
 
 Hot-path notes (the Python backend is usually what limits a deployment):
 
@@ -25,8 +27,9 @@ from __future__ import annotations
 
 import json
 import uuid
+from base64 import b64decode, b64encode
 from json.encoder import encode_basestring as _escape  # C implementation when available
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Union
 
 from .context import ConnectionRequestContext, Context
 from .errors import ProtocolError
@@ -45,6 +48,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "LineBuffer",
     "decode",
+    "decode_binary",
     "encode_line",
     "encode_broadcast",
     "encode_room_message",
@@ -160,6 +164,17 @@ def _decode_slow(line: str) -> Dict[str, Any]:
     return obj
 
 
+#: What the send methods accept: text goes out as a text frame, bytes-like
+#: objects as a binary frame (the wire extension: base64 + ``"binary": true``).
+Message = Union[str, bytes, bytearray, memoryview]
+_BYTES_TYPES = (bytes, bytearray, memoryview)
+
+
+def decode_binary(message: str) -> bytes:
+    """The payload of a ``new_message`` that has ``"binary": true``."""
+    return b64decode(message)
+
+
 def encode_line(action: str, params: Dict[str, Any], request_id: str = "") -> bytes:
     """Generic encoder: any action, params as a JSON-serialisable dict."""
     return (
@@ -170,21 +185,32 @@ def encode_line(action: str, params: Dict[str, Any], request_id: str = "") -> by
 def _bad_text(name: str, value: object) -> Exception:
     if isinstance(value, str):  # the only way a str fails to encode: lone surrogates
         return ValueError(f"{name} is not valid Unicode text (it contains a lone surrogate)")
+    if name == "message":
+        return TypeError(f"message must be a str or bytes, not {type(value).__name__}")
     return TypeError(f"{name} must be a str, not {type(value).__name__}")
 
 
-def encode_broadcast(message: str, request_id: str = "") -> bytes:
-    """``broadcast``: ``message`` to every connected client."""
+def _binary_params(message: Message) -> str:
+    return f'"message":"{b64encode(message).decode("ascii")}","binary":true}}}}\n'
+
+
+def encode_broadcast(message: Message, request_id: str = "") -> bytes:
+    """``broadcast``: ``message`` to every connected client (bytes: a binary frame)."""
     try:
         return (
             f'{{"action":"broadcast","request_id":{_escape(request_id)},'
             f'"params":{{"message":{_escape(message)}}}}}\n'
         ).encode("utf-8")
     except (TypeError, UnicodeEncodeError):
+        if isinstance(message, _BYTES_TYPES):
+            return (
+                f'{{"action":"broadcast","request_id":{_escape(request_id)},"params":{{'
+                + _binary_params(message)
+            ).encode("utf-8")
         raise _bad_text("message", message) from None
 
 
-def encode_room_message(room_id: str, message: str, request_id: str = "") -> bytes:
+def encode_room_message(room_id: str, message: Message, request_id: str = "") -> bytes:
     """``message_to_room``: ``message`` to every client in ``room_id``."""
     try:
         return (
@@ -192,11 +218,16 @@ def encode_room_message(room_id: str, message: str, request_id: str = "") -> byt
             f'"params":{{"room_id":{_escape(room_id)},"message":{_escape(message)}}}}}\n'
         ).encode("utf-8")
     except (TypeError, UnicodeEncodeError):
+        if isinstance(message, _BYTES_TYPES) and _is_text(room_id):
+            return (
+                f'{{"action":"message_to_room","request_id":{_escape(request_id)},'
+                f'"params":{{"room_id":{_escape(room_id)},' + _binary_params(message)
+            ).encode("utf-8")
         bad = "room_id" if not _is_text(room_id) else "message"
         raise _bad_text(bad, room_id if bad == "room_id" else message) from None
 
 
-def encode_private_message(client_id: str, message: str, request_id: str = "") -> bytes:
+def encode_private_message(client_id: str, message: Message, request_id: str = "") -> bytes:
     """``message_to_connection``: ``message`` to every connection of ``client_id``."""
     try:
         return (
@@ -204,6 +235,11 @@ def encode_private_message(client_id: str, message: str, request_id: str = "") -
             f'"params":{{"conn_id":{_escape(client_id)},"message":{_escape(message)}}}}}\n'
         ).encode("utf-8")
     except (TypeError, UnicodeEncodeError):
+        if isinstance(message, _BYTES_TYPES) and _is_text(client_id):
+            return (
+                f'{{"action":"message_to_connection","request_id":{_escape(request_id)},'
+                f'"params":{{"conn_id":{_escape(client_id)},' + _binary_params(message)
+            ).encode("utf-8")
         bad = "client_id" if not _is_text(client_id) else "message"
         raise _bad_text(bad, client_id if bad == "client_id" else message) from None
 

@@ -28,7 +28,7 @@ class Echo(PyStrandsClient):
 
 def _pipelined_echo(url):
     """Send N numbered messages from one thread while reading echoes on another."""
-    with ws_connect(url, open_timeout=TIMEOUT, max_queue=None) as ws:
+    with ws_connect(url, open_timeout=TIMEOUT) as ws:
         def sender():
             for i in range(N):
                 ws.send(str(i))
@@ -54,10 +54,15 @@ def test_sync_10000_room_messages_in_order(broker, clients, events):
     client = PyStrandsClient("127.0.0.1", broker.tcp_port)
     clients.append(client)
     assert client.connect()
-    with ws_connect(broker.ws_url("/room"), open_timeout=TIMEOUT, max_queue=None) as ws:
-        for i in range(N):
-            client.send_room_message("/room", f"m{i}")
+    with ws_connect(broker.ws_url("/room"), open_timeout=TIMEOUT) as ws:
+        def sender():
+            for i in range(N):
+                client.send_room_message("/room", f"m{i}")
+
+        t = threading.Thread(target=sender, daemon=True)
+        t.start()
         got = [ws.recv(timeout=TIMEOUT) for _ in range(N)]
+        t.join(TIMEOUT)
     assert got == [f"m{i}" for i in range(N)]
 
 

@@ -147,7 +147,6 @@ def test_encoders_send_non_ascii_as_utf8_not_escapes():
     "call",
     [
         lambda: protocol.encode_broadcast(123),
-        lambda: protocol.encode_broadcast(b"bytes"),
         lambda: protocol.encode_broadcast({"a": 1}),
         lambda: protocol.encode_room_message(None, "m"),
         lambda: protocol.encode_room_message("r", 1.5),
@@ -174,6 +173,34 @@ def test_encoders_reject_lone_surrogates_with_value_error():
         protocol.encode_broadcast("bad \ud800")
     with pytest.raises(ValueError, match="room_id"):
         protocol.encode_room_message("\udcff", "m")
+
+
+BINARY = [b"", b"\x00\x01\xff", bytes(range(256)), b"x" * 100_001]
+
+
+@pytest.mark.parametrize("payload", BINARY)
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_encoders_send_bytes_as_base64_binary(payload, kind):
+    data = kind(payload)
+    line = _one_line(protocol.encode_broadcast(data, "1"))
+    assert line["params"]["binary"] is True
+    assert protocol.decode_binary(line["params"]["message"]) == payload
+    line = _one_line(protocol.encode_room_message("room", data, "2"))
+    assert line["params"]["room_id"] == "room" and line["params"]["binary"] is True
+    assert protocol.decode_binary(line["params"]["message"]) == payload
+    line = _one_line(protocol.encode_private_message("cid", data, "3"))
+    assert line["params"]["conn_id"] == "cid" and line["params"]["binary"] is True
+    assert protocol.decode_binary(line["params"]["message"]) == payload
+
+
+def test_binary_wire_form_matches_the_broker():
+    assert protocol.encode_broadcast(b"\x00\x01\xff") == (
+        b'{"action":"broadcast","request_id":"","params":{"message":"AAH/","binary":true}}\n'
+    )
+
+
+def test_text_never_carries_the_binary_flag():
+    assert b"binary" not in protocol.encode_private_message("c", "bytes-looking text")
 
 
 def test_encode_response_accepted_carries_the_context():
