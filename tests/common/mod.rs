@@ -636,6 +636,11 @@ pub fn send_raw(ws: &mut Ws, bytes: &[u8]) {
     ws.get_mut().write_all(bytes).expect("write raw bytes");
 }
 
+/// Writes raw bytes to a raw client stream.
+pub fn raw_write(stream: &mut TcpStream, bytes: &[u8]) {
+    stream.write_all(bytes).expect("write raw bytes");
+}
+
 /// Reads one server frame from a raw stream: (opcode, payload). Server
 /// frames must be unmasked and unfragmented here.
 pub fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {

@@ -1,0 +1,56 @@
+//! A message over --max-message-size closes the client with 1009, in one
+//! frame or reassembled from fragments; a message of exactly the limit
+//! passes.
+
+mod common;
+
+use std::net::TcpStream;
+
+use common::*;
+
+fn expect_close(stream: &mut TcpStream, code: u16) {
+    let (opcode, payload) = read_frame(stream);
+    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
+    assert_eq!(close_payload(&payload).0, code, "close payload {payload:?}");
+    read_to_eof(stream);
+}
+
+#[test]
+fn exactly_the_limit_passes_one_byte_more_gives_1009() {
+    let broker = Broker::start(&["--max-message-size", "1000"]);
+    let mut backend = Backend::connect(&broker);
+    let mut raw = raw_join(&broker, &mut backend, "c", "room");
+    let fits = "a".repeat(1000);
+    raw_write(&mut raw, &masked(TEXT, fits.as_bytes()));
+    assert_eq!(backend.expect("new_message")["params"]["message"], fits);
+    raw_write(&mut raw, &masked(TEXT, "b".repeat(1001).as_bytes()));
+    expect_close(&mut raw, 1009);
+    backend.expect("disconnected");
+}
+
+#[test]
+fn fragments_adding_up_past_the_limit_give_1009() {
+    let broker = Broker::start(&["--max-message-size", "1000"]);
+    let mut backend = Backend::connect(&broker);
+    let mut raw = raw_join(&broker, &mut backend, "c", "room");
+    let part = "f".repeat(400);
+    let key = Some([5, 6, 7, 8]);
+    raw_write(&mut raw, &frame(false, TEXT, part.as_bytes(), key));
+    raw_write(&mut raw, &frame(false, CONTINUATION, part.as_bytes(), key));
+    raw_write(&mut raw, &frame(true, CONTINUATION, part.as_bytes(), key));
+    expect_close(&mut raw, 1009);
+    backend.expect("disconnected");
+}
+
+#[test]
+fn a_huge_declared_length_gives_1009_without_sending_it() {
+    let broker = Broker::start(&["--max-message-size", "1000"]);
+    let mut backend = Backend::connect(&broker);
+    let mut raw = raw_join(&broker, &mut backend, "c", "room");
+    // Only the header of a 1 GiB frame: refused on the header alone.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    raw_write(&mut raw, &header);
+    expect_close(&mut raw, 1009);
+}
