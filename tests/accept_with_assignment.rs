@@ -29,10 +29,10 @@ fn assigned_context_reaches_every_event() {
     assert_eq!(event["params"]["context"], expected, "new_message context");
 
     // The assigned room is the one messages reach.
-    backend.to_room("lobby", "to lobby");
+    backend.send_to_room("lobby", "to lobby");
     assert_eq!(recv_text(&mut client.ws), "to lobby");
     // The assigned client id is the one private messages reach.
-    backend.to_connection("user-42", "to user-42");
+    backend.send_to_connection("user-42", "to user-42");
     assert_eq!(recv_text(&mut client.ws), "to user-42");
 
     client.ws.close(None).unwrap();

@@ -82,7 +82,7 @@ fn bad_lines_get_error_replies_and_the_backend_keeps_working() {
     broker.wait_log(&["WARN", "fly_to_the_moon"]);
 
     // Still connected, still obeyed, still told about clients.
-    backend.to_room("lobby", "still working");
+    backend.send_to_room("lobby", "still working");
     assert_eq!(recv_text(&mut client), "still working");
     send_text(&mut client, "and listening");
     let event = backend.expect("new_message");

@@ -14,8 +14,8 @@ fn broadcast_reaches_every_client_in_every_room() {
         join(&broker, &mut backend, "c", "blue"),
         join(&broker, &mut backend, "d", "green"),
     ];
-    backend.broadcast("hello everyone");
-    backend.broadcast("second");
+    backend.send_broadcast("hello everyone");
+    backend.send_broadcast("second");
     for ws in &mut clients {
         assert_eq!(recv_text(ws), "hello everyone");
         assert_eq!(recv_text(ws), "second");
@@ -24,7 +24,7 @@ fn broadcast_reaches_every_client_in_every_room() {
     let mut gone = clients.pop().unwrap();
     gone.close(None).unwrap();
     backend.expect("disconnected");
-    backend.broadcast("third");
+    backend.send_broadcast("third");
     for ws in &mut clients {
         assert_eq!(recv_text(ws), "third");
     }

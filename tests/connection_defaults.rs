@@ -56,7 +56,7 @@ fn an_empty_answer_gets_uuid_path_and_empty_metadata() {
 
     // The default room is a real room: both clients are in it.
     let (mut a, mut b) = (first.ws, second.ws);
-    backend.to_room("/ws/room1", "both");
+    backend.send_to_room("/ws/room1", "both");
     assert_eq!(recv_text(&mut a), "both");
     assert_eq!(recv_text(&mut b), "both");
 }

@@ -79,8 +79,8 @@ fn one_mib_from_backend_to_clients() {
     let mut a = join(&broker, &mut backend, "a", "room");
     let mut b = join(&broker, &mut backend, "b", "room");
     let text = tricky_text(MIB);
-    backend.to_room("room", &text);
-    backend.to_connection("a", &text);
+    backend.send_to_room("room", &text);
+    backend.send_to_connection("a", &text);
     assert_same(&recv_text(&mut a), &text);
     assert_same(&recv_text(&mut b), &text);
     assert_same(&recv_text(&mut a), &text);

@@ -29,23 +29,23 @@ fn private_messages_reach_every_tab_of_the_client_id() {
     let (mut tab1, mut tab2) = (tab1.ws, tab2.ws);
     let mut bob = join(&broker, &mut backend, "bob", "one");
 
-    backend.to_connection("alice", "psst alice");
-    backend.to_connection("bob", "psst bob");
+    backend.send_to_connection("alice", "psst alice");
+    backend.send_to_connection("bob", "psst bob");
     assert_eq!(recv_text(&mut tab1), "psst alice");
     assert_eq!(recv_text(&mut tab2), "psst alice");
     // Had alice's message reached bob, it would come first.
     assert_eq!(recv_text(&mut bob), "psst bob");
 
     // A prefix or unknown id reaches nobody.
-    backend.to_connection("ali", "nobody");
-    backend.to_connection("nobody", "nobody");
+    backend.send_to_connection("ali", "nobody");
+    backend.send_to_connection("nobody", "nobody");
 
     // One tab closes: one disconnected event, the other tab still receives.
     tab1.close(None).unwrap();
     let gone = backend.expect("disconnected");
     assert_eq!(gone["params"]["context"]["client_id"], "alice");
     assert_eq!(gone["params"]["context"]["room_id"], "one");
-    backend.to_connection("alice", "still here");
+    backend.send_to_connection("alice", "still here");
     assert_eq!(recv_text(&mut tab2), "still here");
     tab2.close(None).unwrap();
     let gone = backend.expect("disconnected");

@@ -13,8 +13,8 @@ fn room_messages_stay_in_their_room() {
     let mut red2 = join(&broker, &mut backend, "r2", "red");
     let mut blue = join(&broker, &mut backend, "b1", "blue");
 
-    backend.to_room("red", "for red");
-    backend.to_room("blue", "for blue");
+    backend.send_to_room("red", "for red");
+    backend.send_to_room("blue", "for blue");
     // Backend lines are carried out in order, so had "for red" reached the
     // blue client it would come before "for blue".
     assert_eq!(recv_text(&mut blue), "for blue");
@@ -22,13 +22,13 @@ fn room_messages_stay_in_their_room() {
     assert_eq!(recv_text(&mut red2), "for red");
 
     // A room nobody is in, and a room whose name only resembles one.
-    backend.to_room("green", "for green");
-    backend.to_room("re", "for re");
-    backend.to_room("red ", "for red-space");
-    backend.to_room("red", "red again");
+    backend.send_to_room("green", "for green");
+    backend.send_to_room("re", "for re");
+    backend.send_to_room("red ", "for red-space");
+    backend.send_to_room("red", "red again");
     assert_eq!(recv_text(&mut red1), "red again");
     assert_eq!(recv_text(&mut red2), "red again");
-    backend.to_room("blue", "blue again");
+    backend.send_to_room("blue", "blue again");
     assert_eq!(recv_text(&mut blue), "blue again");
 }
 
@@ -42,6 +42,6 @@ fn the_room_goes_on_after_a_member_leaves() {
     assert!(matches!(next_message(&mut leave), Message::Close(_)));
     let gone = backend.expect("disconnected");
     assert_eq!(gone["params"]["context"]["client_id"], "leave");
-    backend.to_room("red", "after");
+    backend.send_to_room("red", "after");
     assert_eq!(recv_text(&mut stay), "after");
 }

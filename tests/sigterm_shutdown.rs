@@ -15,7 +15,7 @@ fn shutdown_with(signal: libc::c_int) {
     let mut clients: Vec<Ws> = (0..3)
         .map(|i| join(&broker, &mut backend, &format!("c{i}"), "room"))
         .collect();
-    backend.to_room("room", "before");
+    backend.send_to_room("room", "before");
     for ws in &mut clients {
         assert_eq!(recv_text(ws), "before");
     }

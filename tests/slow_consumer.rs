@@ -74,7 +74,7 @@ fn a_client_that_never_reads_is_closed_and_the_room_goes_on() {
             closed_at = Some(sent);
         }
     }
-    backend.to_room("room", "END");
+    backend.send_to_room("room", "END");
     let received = reading
         .join()
         .expect("the reading member got everything in order");

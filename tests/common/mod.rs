@@ -48,27 +48,35 @@ struct Log {
 
 impl Log {
     fn push(&self, line: String) {
-        self.lines.lock().unwrap().push(line);
+        self.lock().push(line);
         self.grew.notify_all();
     }
 
     /// Waits until a line satisfies `pred`; returns it.
     fn wait(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + TIMEOUT;
-        let mut lines = self.lines.lock().unwrap();
+        let mut lines = self.lock();
         loop {
             if let Some(line) = lines.iter().find(|l| pred(l)) {
                 return line.clone();
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!(
-                    "no broker log line {what} within {TIMEOUT:?}; log so far:\n{}",
-                    lines.join("\n")
-                );
+                let log = lines.join("\n");
+                // Release the lock before panicking, so it is not poisoned.
+                drop(lines);
+                panic!("no broker log line {what} within {TIMEOUT:?}; log so far:\n{log}");
             }
-            lines = self.grew.wait_timeout(lines, deadline - now).unwrap().0;
+            lines = self
+                .grew
+                .wait_timeout(lines, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -84,25 +92,35 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Starts the broker on ephemeral loopback ports with `flags` added.
+    /// Starts the broker with `flags`, on ephemeral loopback ports and at
+    /// log level debug unless `flags` say otherwise.
     pub fn start(flags: &[&str]) -> Broker {
+        Broker::start_with_env(flags, &[])
+    }
+
+    /// [`Broker::start`] with environment variables set (after the
+    /// `PYSTRAND_*` ones of the test environment are removed).
+    pub fn start_with_env(flags: &[&str], env: &[(&str, &str)]) -> Broker {
         let mut cmd = Command::new(BIN);
-        cmd.args([
-            "--host",
-            "127.0.0.1",
-            "--ws-port",
-            "0",
-            "--tcp-port",
-            "0",
-            "--log-level",
-            "debug",
-        ])
-        .args(flags)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        for (flag, value) in [
+            ("--host", "127.0.0.1"),
+            ("--ws-port", "0"),
+            ("--tcp-port", "0"),
+            ("--log-level", "debug"),
+        ] {
+            if !flags.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
+        cmd.args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for name in BROKER_ENV {
             cmd.env_remove(name);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("start pystrands-server");
         let stderr = child.stderr.take().expect("stderr is piped");
@@ -138,7 +156,7 @@ impl Broker {
 
     /// Every stderr line so far.
     pub fn log_lines(&self) -> Vec<String> {
-        self.log.lines.lock().unwrap().clone()
+        self.log.lock().clone()
     }
 
     /// Waits (bounded) for a log line containing every one of `parts`.
@@ -377,19 +395,19 @@ impl Backend {
     }
 
     /// `message_to_room`.
-    pub fn to_room(&mut self, room: &str, message: &str) {
+    pub fn send_to_room(&mut self, room: &str, message: &str) {
         self.send(&to_room(room, message));
     }
 
     /// `broadcast`.
-    pub fn broadcast(&mut self, message: &str) {
+    pub fn send_broadcast(&mut self, message: &str) {
         self.send(
             &json!({"action": "broadcast", "request_id": "b", "params": {"message": message}}),
         );
     }
 
     /// `message_to_connection`.
-    pub fn to_connection(&mut self, conn_id: &str, message: &str) {
+    pub fn send_to_connection(&mut self, conn_id: &str, message: &str) {
         self.send(&json!({
             "action": "message_to_connection",
             "request_id": "p",
