@@ -176,6 +176,11 @@ fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
 }
 
 impl Backend {
+    /// False after a write hit WouldBlock, until epoll reports space again.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
     /// Unsent bytes.
     pub fn pending(&self) -> usize {
         self.wbuf.len() - self.wpos

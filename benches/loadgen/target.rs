@@ -78,11 +78,16 @@ impl Target {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(core) = core {
-            // SAFETY: the hook only makes one async-signal-safe syscall.
-            unsafe {
-                cmd.pre_exec(move || os::pin_to_core(core));
-            }
+        // SAFETY: the hook only makes async-signal-safe syscalls.
+        unsafe {
+            cmd.pre_exec(move || {
+                // If the tool dies (even by SIGKILL), so does the server.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                match core {
+                    Some(core) => os::pin_to_core(core),
+                    None => Ok(()),
+                }
+            });
         }
         let mut child = cmd
             .spawn()
