@@ -76,7 +76,7 @@ fn frames(c: &mut Criterion) {
             .enumerate()
             .map(|(i, b)| b ^ [1, 2, 3, 4][i % 4]),
     );
-    let mut reader = FrameReader::new(1 << 20);
+    let mut reader = FrameReader::new(1 << 20, 1024);
     group.bench_function("read masked text frame (64 B)", |b| {
         b.iter_batched_ref(
             || client_frame.clone(),

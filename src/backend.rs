@@ -49,6 +49,11 @@ impl Payload<'_> {
 /// What a backend asked for.
 #[derive(Debug, PartialEq)]
 pub enum Command<'a> {
+    /// Authentication, the first line when the broker has a backend token.
+    Auth {
+        /// The token presented.
+        token: Cow<'a, str>,
+    },
     /// The answer to a `connection_request`.
     Response {
         /// The `request_id` of the request it answers.

@@ -92,6 +92,43 @@ pub struct Args {
     #[argh(option, default = "String::from(\"15\")")]
     pub heartbeat_interval: String,
 
+    /// seconds between pings to each client; a client that sends nothing
+    /// (not even a pong) within --ping-timeout after a ping is closed;
+    /// decimals allowed (default 25)
+    #[argh(option, default = "String::from(\"25\")")]
+    pub ping_interval: String,
+
+    /// seconds a client has to answer a ping (default 10)
+    #[argh(option, default = "String::from(\"10\")")]
+    pub ping_timeout: String,
+
+    /// most client connections at once, in every state; past it new
+    /// upgrades get HTTP 503 (default 100000, lowered to what the open-file
+    /// limit allows)
+    #[argh(option, default = "100_000")]
+    pub max_connections: usize,
+
+    /// most connection requests waiting for a backend's answer at once;
+    /// past it new upgrades get HTTP 503 at once (default 10000)
+    #[argh(option, default = "10_000")]
+    pub max_pending_requests: usize,
+
+    /// most frames one fragmented message may arrive in; more close the
+    /// client with 1009 (default 1024)
+    #[argh(option, default = "1024")]
+    pub max_fragments: usize,
+
+    /// shared secret backends must present in their first line
+    /// ({"action":"auth","params":{"token":"..."}}); also read from
+    /// PYSTRANDS_BACKEND_TOKEN (default: none, any local process may connect)
+    #[argh(option)]
+    pub backend_token: Option<String>,
+
+    /// comma-separated Origin values allowed to upgrade, e.g.
+    /// https://app.example.com; others get HTTP 403 (default: any origin)
+    #[argh(option)]
+    pub allowed_origins: Option<String>,
+
     /// error, warn, info or debug (default info)
     #[argh(option, default = "String::from(\"info\")")]
     pub log_level: String,
@@ -128,6 +165,20 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Interval of heartbeat events to backends.
     pub heartbeat_interval: Duration,
+    /// Interval of pings to clients.
+    pub ping_interval: Duration,
+    /// Time a client has to answer a ping.
+    pub ping_timeout: Duration,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Most connection requests waiting for an answer.
+    pub max_pending_requests: usize,
+    /// Most frames in one fragmented message.
+    pub max_fragments: usize,
+    /// Token backends must present (none: no authentication).
+    pub backend_token: Option<String>,
+    /// Origins allowed to upgrade (none: any).
+    pub allowed_origins: Option<Vec<String>>,
     /// Most verbose level that is logged.
     pub log_level: log::LevelFilter,
 }
@@ -151,6 +202,13 @@ impl Default for Config {
             max_headers: 64,
             close_timeout: Duration::from_secs(3),
             heartbeat_interval: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(10),
+            max_connections: 100_000,
+            max_pending_requests: 10_000,
+            max_fragments: 1024,
+            backend_token: None,
+            allowed_origins: None,
             log_level: log::LevelFilter::Info,
         }
     }
@@ -220,6 +278,27 @@ impl Config {
             max_headers: at_least("--max-headers", args.max_headers, 8)?,
             close_timeout: parse_seconds("--close-timeout", &args.close_timeout)?,
             heartbeat_interval: parse_seconds("--heartbeat-interval", &args.heartbeat_interval)?,
+            ping_interval: parse_seconds("--ping-interval", &args.ping_interval)?,
+            ping_timeout: parse_seconds("--ping-timeout", &args.ping_timeout)?,
+            max_connections: at_least("--max-connections", args.max_connections, 1)?,
+            max_pending_requests: at_least("--max-pending-requests", args.max_pending_requests, 1)?,
+            max_fragments: at_least("--max-fragments", args.max_fragments, 1)?,
+            backend_token: match env_set("PYSTRANDS_BACKEND_TOKEN") {
+                Some(token) => Some(token),
+                None => args.backend_token,
+            }
+            .map(|t| {
+                if t.is_empty() {
+                    Err(err("--backend-token", "the token must not be empty"))
+                } else {
+                    Ok(t)
+                }
+            })
+            .transpose()?,
+            allowed_origins: args
+                .allowed_origins
+                .map(|list| parse_origins(&list))
+                .transpose()?,
             log_level: parse_level(&args.log_level)?,
         };
         Ok(config)
@@ -266,6 +345,21 @@ fn at_least(source: &str, value: usize, min: usize) -> Result<usize, ConfigError
         ));
     }
     Ok(value)
+}
+
+fn parse_origins(list: &str) -> Result<Vec<String>, ConfigError> {
+    let origins: Vec<String> = list
+        .split(',')
+        .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+        .filter(|o| !o.is_empty())
+        .collect();
+    if origins.is_empty() {
+        return Err(err(
+            "--allowed-origins",
+            "the list is empty (leave the flag out to allow any origin)",
+        ));
+    }
+    Ok(origins)
 }
 
 fn parse_level(value: &str) -> Result<log::LevelFilter, ConfigError> {
@@ -343,6 +437,23 @@ mod tests {
             let e = Config::from_args(args(flags), no_env).unwrap_err();
             assert_eq!(&e.source, source, "{flags:?}");
         }
+    }
+
+    #[test]
+    fn token_from_environment_and_origins_list() {
+        let env = |name: &str| (name == "PYSTRANDS_BACKEND_TOKEN").then(|| "s3cret".to_owned());
+        let c = Config::from_args(
+            args(&["--allowed-origins", "https://A.example/, http://b.example"]),
+            env,
+        )
+        .unwrap();
+        assert_eq!(c.backend_token.as_deref(), Some("s3cret"));
+        assert_eq!(
+            c.allowed_origins.unwrap(),
+            ["https://a.example", "http://b.example"]
+        );
+        let e = Config::from_args(args(&["--allowed-origins", " , "]), no_env).unwrap_err();
+        assert_eq!(e.source, "--allowed-origins");
     }
 
     #[test]

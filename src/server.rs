@@ -33,6 +33,7 @@ use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
+use subtle::ConstantTimeEq;
 
 use crate::backend::{self, Command, Payload};
 use crate::config::Config;
@@ -68,6 +69,8 @@ pub struct Stats {
     pub slow_consumers: u64,
     /// Clients closed for a protocol error (1002, 1007, 1009, ...).
     pub protocol_errors: u64,
+    /// Clients closed for not answering a ping.
+    pub ping_timeouts: u64,
     /// Events dropped because the no-backend queue was full.
     pub dropped_events: u64,
     /// Backend lines answered with an `error` line.
@@ -139,6 +142,8 @@ struct Client {
     backend: Option<ConnRef>,
     /// Reading stopped until the backend's buffer drains.
     paused: bool,
+    /// A frame arrived since the last ping was sent.
+    alive: bool,
 }
 
 /// One application backend connection.
@@ -157,6 +162,9 @@ struct Backend {
     /// Clients whose reading stopped because this backend's buffer passed
     /// `--max-backend-buffer`; resumed when it drains to half of that.
     paused: Vec<ConnRef>,
+    /// Presented the backend token (always true without one); only then
+    /// does it take part in routing.
+    authenticated: bool,
 }
 
 /// Who a backend message goes to.
@@ -168,6 +176,15 @@ enum Audience<'a> {
     Room(&'a str),
     /// Every connection of one client id.
     ClientId(&'a str),
+}
+
+/// What a connect-timeout deadline waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The complete upgrade request, counted from the TCP accept.
+    Request,
+    /// The backend's answer to the connection request.
+    Answer,
 }
 
 /// How to end a client connection.
@@ -208,8 +225,15 @@ pub struct Server {
     next_backend: usize,
     /// Events waiting for a backend to connect (bounded by `--queue-size`).
     queue: VecDeque<Vec<u8>>,
-    /// Connect-timeout deadlines, in order (the timeout is constant).
-    connect_deadlines: VecDeque<(Instant, ConnRef)>,
+    /// Connect-timeout deadlines, in order (the timeout is constant): for
+    /// the upgrade request to arrive, then for the backend's answer.
+    connect_deadlines: VecDeque<(Instant, ConnRef, Wait)>,
+    /// When each open client gets its next ping, in order.
+    ping_due: VecDeque<(Instant, ConnRef)>,
+    /// When each pinged client must have shown a sign of life, in order.
+    pong_due: VecDeque<(Instant, ConnRef)>,
+    /// `--max-connections`, lowered to what the open-file limit allows.
+    max_connections: usize,
     /// Close-timeout deadlines, in order.
     close_deadlines: VecDeque<(Instant, ConnRef)>,
     next_heartbeat: Instant,
@@ -230,6 +254,8 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// When to retry accepting after an accept error.
     accept_retry: Option<Instant>,
+    /// The ping frame every client gets, encoded once.
+    ping_frame: Shared,
     stats: Stats,
 }
 
@@ -267,7 +293,27 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(register_err)?;
         let now = Instant::now();
+        let max_connections = match fd_limit() {
+            // Keep a few descriptors for listeners, backends and logging.
+            Some(fds) if fds.saturating_sub(64) < config.max_connections as u64 => {
+                let cap = fds.saturating_sub(64).max(1) as usize;
+                warn!(
+                    "--max-connections {} lowered to {cap}: the open-file limit is {fds}",
+                    config.max_connections
+                );
+                cap
+            }
+            _ => config.max_connections,
+        };
+        if config.backend_token.is_none() && !config.backend_host.is_loopback() {
+            warn!(
+                "the backend port listens on {} without --backend-token: anyone who can reach it can \
+                 accept connections and message every client",
+                config.backend_host
+            );
+        }
         Ok(Server {
+            max_connections,
             next_heartbeat: now + config.heartbeat_interval,
             config,
             poll,
@@ -284,6 +330,8 @@ impl Server {
             next_backend: 0,
             queue: VecDeque::new(),
             connect_deadlines: VecDeque::new(),
+            ping_due: VecDeque::new(),
+            pong_due: VecDeque::new(),
             close_deadlines: VecDeque::new(),
             next_serial: 1,
             scratch: vec![0; READ_CHUNK],
@@ -297,6 +345,7 @@ impl Server {
             dead_backends: Vec::new(),
             shutdown_deadline: None,
             accept_retry: None,
+            ping_frame: encode::ping(b""),
             stats: Stats::default(),
         })
     }
@@ -394,8 +443,15 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let mut next = self.next_heartbeat;
-        if let Some((d, _)) = self.connect_deadlines.front() {
-            next = next.min(*d);
+        for d in [
+            self.connect_deadlines.front().map(|e| e.0),
+            self.ping_due.front().map(|e| e.0),
+            self.pong_due.front().map(|e| e.0),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            next = next.min(d);
         }
         if let Some((d, _)) = self.close_deadlines.front() {
             next = next.min(*d);
@@ -450,7 +506,7 @@ impl Server {
                 peer,
                 phase: Phase::Handshake,
                 inbuf: Vec::new(),
-                reader: FrameReader::new(self.config.max_message_size),
+                reader: FrameReader::new(self.config.max_message_size, self.config.max_fragments),
                 outq: OutQueue::new(),
                 readable: false,
                 writable: false,
@@ -458,7 +514,13 @@ impl Server {
                 context: None,
                 backend: None,
                 paused: false,
+                alive: true,
             });
+            self.connect_deadlines.push_back((
+                Instant::now() + self.config.connect_timeout,
+                ConnRef { key, serial },
+                Wait::Request,
+            ));
             debug!("client {peer} connected (key {key})");
         }
     }
@@ -510,33 +572,81 @@ impl Server {
                 warn!("cannot register backend {peer}: {e}");
                 continue;
             }
-            let mut out = Vec::new();
-            // Events that waited for a backend go first, in order.
-            let flushed = self.queue.len();
-            for line in self.queue.drain(..) {
-                out.extend_from_slice(&line);
-            }
-            self.queue = VecDeque::new();
+            let authenticated = self.config.backend_token.is_none();
             entry.insert(Backend {
                 sock,
                 serial,
                 peer,
                 inbuf: Vec::new(),
-                out,
+                out: Vec::new(),
                 out_pos: 0,
                 readable: false,
                 writable: false,
                 dirty: false,
                 closing: false,
                 paused: Vec::new(),
+                authenticated,
             });
-            self.live_backends.push(key);
-            self.mark_backend_dirty(key);
-            info!(
-                "backend {peer} connected ({} connected); {flushed} queued events sent to it",
-                self.live_backends.len()
-            );
+            if authenticated {
+                self.backend_ready(key);
+            } else {
+                info!("backend {peer} connected; waiting for its auth line");
+            }
         }
+    }
+
+    /// A backend joins the routing: it takes the events that waited for a
+    /// backend (first, in order) and its share of new connection requests.
+    fn backend_ready(&mut self, key: usize) {
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        let flushed = self.queue.len();
+        for line in self.queue.drain(..) {
+            b.out.extend_from_slice(&line);
+        }
+        self.queue = VecDeque::new();
+        let peer = b.peer;
+        self.live_backends.push(key);
+        self.mark_backend_dirty(key);
+        info!(
+            "backend {peer} connected ({} connected); {flushed} queued events sent to it",
+            self.live_backends.len()
+        );
+    }
+
+    /// The first line of a backend when `--backend-token` is set.
+    fn authenticate(&mut self, key: usize, command: Result<Command<'_>, String>) {
+        let Some(token) = self.config.backend_token.as_deref() else {
+            return;
+        };
+        let presented = match command {
+            Ok(Command::Auth { token }) => Some(token),
+            _ => None,
+        };
+        let good = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        if good {
+            b.authenticated = true;
+            self.backend_ready(key);
+            return;
+        }
+        warn!(
+            "backend {} refused: its first line was not a valid auth line",
+            b.peer
+        );
+        let mut line = Vec::new();
+        backend::push_line_error(
+            &mut line,
+            None,
+            "authentication failed: the first line must be \
+             {\"action\":\"auth\",\"params\":{\"token\":\"<the broker's --backend-token>\"}}",
+        );
+        // Best effort: the socket's send buffer is empty at this point.
+        let _ = b.sock.write(&line);
+        self.end_backend(key);
     }
 
     // ---------------------------------------------------------------- clients
@@ -688,7 +798,7 @@ impl Server {
             Phase::Open | Phase::Closing { await_peer: true } => {
                 let mut reader = std::mem::replace(
                     &mut c.reader,
-                    FrameReader::new(self.config.max_message_size),
+                    FrameReader::new(self.config.max_message_size, self.config.max_fragments),
                 );
                 let result = reader.read(bytes, |event| self.client_event(key, event));
                 if let Some(c) = self.clients.get_mut(key) {
@@ -729,9 +839,10 @@ impl Server {
     /// One frame-level event from an open (or closing) client; returns
     /// whether to keep reading.
     fn client_event(&mut self, key: usize, event: Event<'_>) -> bool {
-        let Some(c) = self.clients.get(key) else {
+        let Some(c) = self.clients.get_mut(key) else {
             return false;
         };
+        c.alive = true;
         if let Phase::Closing { .. } = c.phase {
             // After our close frame only the client's close matters.
             if let Event::Close(..) = event {
@@ -816,12 +927,35 @@ impl Server {
 
     /// Sends `connection_request` to the next backend and parks the client.
     fn connection_request(&mut self, key: usize, request: handshake::UpgradeRequest) {
-        if self.shutdown_deadline.is_some() {
+        if let (Some(allowed), Some(origin)) = (&self.config.allowed_origins, &request.origin) {
+            let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+            if !allowed.contains(&origin) {
+                self.stats.rejected += 1;
+                debug!("upgrade from origin {origin} refused (see --allowed-origins)");
+                self.end_client(
+                    key,
+                    Ending::Http(
+                        403,
+                        "Forbidden",
+                        "origin not allowed (see --allowed-origins)",
+                    ),
+                );
+                return;
+            }
+        }
+        let refusal = if self.shutdown_deadline.is_some() {
+            Some("server shutting down")
+        } else if self.clients.len() > self.max_connections {
+            Some("server at its connection limit (see --max-connections)")
+        } else if self.pending.len() >= self.config.max_pending_requests {
+            Some("too many connection requests waiting (see --max-pending-requests)")
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
             self.stats.unavailable += 1;
-            self.end_client(
-                key,
-                Ending::Http(503, "Service Unavailable", "server shutting down"),
-            );
+            debug!("upgrade refused with 503: {why}");
+            self.end_client(key, Ending::Http(503, "Service Unavailable", why));
             return;
         }
         let Some(bkey) = self.pick_backend() else {
@@ -861,6 +995,7 @@ impl Server {
         self.connect_deadlines.push_back((
             Instant::now() + self.config.connect_timeout,
             ConnRef { key, serial },
+            Wait::Answer,
         ));
         self.mark_backend_dirty(bkey);
     }
@@ -1095,15 +1230,23 @@ impl Server {
     }
 
     fn backend_line(&mut self, key: usize, line: &mut [u8], buffers: &mut simd_json::Buffers) {
+        let authenticated = self.backends.get(key).is_some_and(|b| b.authenticated);
         let value = match backend::parse_line(line, buffers) {
             Ok(v) => v,
+            Err(e) if !authenticated => return self.authenticate(key, Err(e.0)),
             Err(e) => return self.reply_line_error(key, None, &e.0),
         };
         let command = match backend::decode(&value) {
             Ok(c) => c,
+            Err(e) if !authenticated => return self.authenticate(key, Err(e.0)),
             Err(e) => return self.reply_line_error(key, backend::request_id(&value), &e.0),
         };
+        if !authenticated {
+            return self.authenticate(key, Ok(command));
+        }
         match command {
+            // Without a token, or once authenticated, an auth line is a no-op.
+            Command::Auth { .. } => {}
             Command::Broadcast { message } => self.fan_out(Audience::All, &message),
             Command::MessageToRoom { room_id, message } => {
                 self.fan_out(Audience::Room(&room_id), &message)
@@ -1148,6 +1291,7 @@ impl Server {
                 c.outq
                     .push(Rc::from(handshake::switching_protocols(&accept_key)));
                 c.context = Some(ClientContext { json });
+                let c_serial = c.serial;
                 c.backend = self.backends.get(key).map(|b| ConnRef {
                     key,
                     serial: b.serial,
@@ -1155,6 +1299,13 @@ impl Server {
                 self.stats.accepted += 1;
                 debug!("client {} accepted as {client_id} in {room_id}", c.peer);
                 self.hub.join(ckey, &client_id, &room_id);
+                self.ping_due.push_back((
+                    Instant::now() + self.config.ping_interval,
+                    ConnRef {
+                        key: ckey,
+                        serial: c_serial,
+                    },
+                ));
                 self.mark_client_dirty(ckey);
                 self.route_client_event(ckey, backend::push_new_connection);
                 // Frames the client sent right behind its request.
@@ -1284,17 +1435,75 @@ impl Server {
             self.accept_clients();
             self.accept_backends();
         }
-        while let Some(&(deadline, r)) = self.connect_deadlines.front() {
+        while let Some(&(deadline, r, wait)) = self.connect_deadlines.front() {
             if deadline > now {
                 break;
             }
             self.connect_deadlines.pop_front();
-            let waiting = self
-                .clients
-                .get(r.key)
-                .is_some_and(|c| c.serial == r.serial && matches!(c.phase, Phase::Pending { .. }));
-            if waiting {
-                self.fail_pending(r.key, "no answer from the backend within --connect-timeout");
+            let Some(c) = self.clients.get(r.key).filter(|c| c.serial == r.serial) else {
+                continue;
+            };
+            match (wait, &c.phase) {
+                (Wait::Answer, Phase::Pending { .. }) => {
+                    self.fail_pending(r.key, "no answer from the backend within --connect-timeout")
+                }
+                (Wait::Request, Phase::Handshake) => {
+                    debug!("client {} sent no complete upgrade request in time", c.peer);
+                    self.end_client(
+                        r.key,
+                        Ending::Http(
+                            408,
+                            "Request Timeout",
+                            "no complete upgrade request within --connect-timeout",
+                        ),
+                    );
+                }
+                _ => {}
+            }
+        }
+        while let Some(&(due, r)) = self.ping_due.front() {
+            if due > now {
+                break;
+            }
+            self.ping_due.pop_front();
+            let Some(c) = self.clients.get_mut(r.key).filter(|c| c.serial == r.serial) else {
+                continue;
+            };
+            if !matches!(c.phase, Phase::Open) {
+                continue;
+            }
+            c.alive = false;
+            self.pong_due.push_back((now + self.config.ping_timeout, r));
+            self.enqueue(r.key, Rc::clone(&self.ping_frame));
+        }
+        while let Some(&(due, r)) = self.pong_due.front() {
+            if due > now {
+                break;
+            }
+            self.pong_due.pop_front();
+            let Some(c) = self.clients.get(r.key).filter(|c| c.serial == r.serial) else {
+                continue;
+            };
+            if !matches!(c.phase, Phase::Open) {
+                continue;
+            }
+            if c.alive {
+                self.ping_due
+                    .push_back((now + self.config.ping_interval, r));
+            } else {
+                debug!(
+                    "client {} closed: no answer to a ping within --ping-timeout",
+                    c.peer
+                );
+                self.stats.ping_timeouts += 1;
+                self.end_client(
+                    r.key,
+                    Ending::Close {
+                        code: 1001,
+                        reason: "no answer to ping (see --ping-timeout)",
+                        await_peer: false,
+                    },
+                );
             }
         }
         while let Some(&(deadline, r)) = self.close_deadlines.front() {
@@ -1508,4 +1717,15 @@ pub fn raise_fd_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
         }
     }
     Ok((before, limit.rlim_cur))
+}
+
+/// The open-file soft limit, if it can be read.
+fn fd_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass and nothing else.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }

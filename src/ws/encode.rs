@@ -34,6 +34,13 @@ pub fn message(payload: &[u8], binary: bool) -> Shared {
     Rc::from(out)
 }
 
+/// A ping (the broker's liveness check).
+pub fn ping(payload: &[u8]) -> Shared {
+    let mut out = Vec::with_capacity(MAX_HEADER + payload.len());
+    write_frame(&mut out, OpCode::Control(Control::Ping), payload);
+    Rc::from(out)
+}
+
 /// A pong echoing a ping's payload.
 pub fn pong(payload: &[u8]) -> Shared {
     let mut out = Vec::with_capacity(MAX_HEADER + payload.len());

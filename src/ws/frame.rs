@@ -39,6 +39,8 @@ pub enum FrameError {
     InvalidUtf8,
     /// 1009: a message larger than `--max-message-size`.
     TooBig,
+    /// 1009: a message in more fragments than `--max-fragments`.
+    TooManyFragments,
 }
 
 impl FrameError {
@@ -47,7 +49,7 @@ impl FrameError {
         match self {
             FrameError::Protocol(_) => 1002,
             FrameError::InvalidUtf8 => 1007,
-            FrameError::TooBig => 1009,
+            FrameError::TooBig | FrameError::TooManyFragments => 1009,
         }
     }
 
@@ -57,6 +59,7 @@ impl FrameError {
             FrameError::Protocol(why) => why,
             FrameError::InvalidUtf8 => "invalid UTF-8 in text message",
             FrameError::TooBig => "message too big (see --max-message-size)",
+            FrameError::TooManyFragments => "message in too many fragments (see --max-fragments)",
         }
     }
 }
@@ -68,20 +71,25 @@ struct Partial {
     data: Vec<u8>,
     /// Prefix of `data` already known to be valid UTF-8.
     utf8_checked: usize,
+    /// Frames received so far.
+    frames: usize,
 }
 
 /// Decoder state of one client connection.
 #[derive(Debug)]
 pub struct FrameReader {
     max_message: usize,
+    max_fragments: usize,
     partial: Option<Partial>,
 }
 
 impl FrameReader {
-    /// A reader refusing messages larger than `max_message` bytes.
-    pub fn new(max_message: usize) -> Self {
+    /// A reader refusing messages larger than `max_message` bytes or
+    /// split into more than `max_fragments` frames.
+    pub fn new(max_message: usize, max_fragments: usize) -> Self {
         FrameReader {
             max_message,
+            max_fragments,
             partial: None,
         }
     }
@@ -177,6 +185,10 @@ impl FrameReader {
                 "continuation frame without a message in progress",
             )),
             (Data::Continue, Some(partial)) => {
+                partial.frames += 1;
+                if partial.frames > self.max_fragments {
+                    return Err(FrameError::TooManyFragments);
+                }
                 partial.data.extend_from_slice(payload);
                 if partial.text {
                     check_utf8_prefix(partial, header.is_final)?;
@@ -214,6 +226,7 @@ impl FrameReader {
                     text,
                     data: payload.to_vec(),
                     utf8_checked: 0,
+                    frames: 1,
                 };
                 if text {
                     check_utf8_prefix(&mut partial, false)?;
@@ -318,7 +331,7 @@ mod tests {
         let mut buf = frame(0x01, b"hel");
         buf.extend(frame(0x89, b"p"));
         buf.extend(frame(0x80, "lo ü".as_bytes()));
-        let mut r = FrameReader::new(1024);
+        let mut r = FrameReader::new(1024, 16);
         let (res, seen) = collect(&mut r, &mut buf);
         assert_eq!(res, Ok(buf.len()));
         assert_eq!(seen, ["ping:1", "text:hello ü"]);
@@ -327,7 +340,7 @@ mod tests {
     #[test]
     fn incomplete_frame_is_left_for_later() {
         let whole = frame(0x81, &[b'a'; 300]);
-        let mut r = FrameReader::new(1024);
+        let mut r = FrameReader::new(1024, 16);
         let mut part = whole[..100].to_vec();
         assert_eq!(collect(&mut r, &mut part), (Ok(0), vec![]));
         let mut all = whole.clone();
@@ -338,7 +351,7 @@ mod tests {
 
     #[test]
     fn errors_carry_their_close_codes() {
-        let mut r = FrameReader::new(10);
+        let mut r = FrameReader::new(10, 16);
         let mut unmasked = vec![0x81, 0x01, b'a'];
         assert_eq!(
             collect(&mut r, &mut unmasked).0.unwrap_err().close_code(),
@@ -358,11 +371,11 @@ mod tests {
 
     #[test]
     fn invalid_utf8_fails_in_the_first_fragment() {
-        let mut r = FrameReader::new(1024);
+        let mut r = FrameReader::new(1024, 16);
         let mut buf = frame(0x01, &[b'a', 0xff]);
         assert_eq!(collect(&mut r, &mut buf).0, Err(FrameError::InvalidUtf8));
         // A sequence split across fragments is fine.
-        let mut r = FrameReader::new(1024);
+        let mut r = FrameReader::new(1024, 16);
         let euro = "€".as_bytes();
         let mut buf = frame(0x01, &euro[..1]);
         buf.extend(frame(0x80, &euro[1..]));
@@ -371,15 +384,28 @@ mod tests {
 
     #[test]
     fn fragmented_size_limit_counts_the_whole_message() {
-        let mut r = FrameReader::new(8);
+        let mut r = FrameReader::new(8, 16);
         let mut buf = frame(0x01, b"12345");
         buf.extend(frame(0x80, b"6789"));
         assert_eq!(collect(&mut r, &mut buf).0, Err(FrameError::TooBig));
     }
 
     #[test]
+    fn fragment_count_is_bounded() {
+        let mut r = FrameReader::new(1024, 3);
+        let mut buf = frame(0x01, b"a");
+        buf.extend(frame(0x00, b"b"));
+        buf.extend(frame(0x00, b"c"));
+        buf.extend(frame(0x00, b"d"));
+        assert_eq!(
+            collect(&mut r, &mut buf).0,
+            Err(FrameError::TooManyFragments)
+        );
+    }
+
+    #[test]
     fn close_frame_parsed() {
-        let mut r = FrameReader::new(8);
+        let mut r = FrameReader::new(8, 16);
         let mut buf = frame(0x88, &[0x03, 0xe8, b'o', b'k']);
         assert_eq!(collect(&mut r, &mut buf).1, ["close:Some(1000):ok"]);
     }
