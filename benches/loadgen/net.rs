@@ -164,14 +164,19 @@ pub struct Backend {
 
 fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'"');
-    for &b in s {
-        match b {
-            b'"' => out.extend_from_slice(b"\\\""),
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            0..=0x1f => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
-            _ => out.push(b),
+    let mut start = 0;
+    for (i, &b) in s.iter().enumerate() {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            out.extend_from_slice(&s[start..i]);
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                _ => out.extend_from_slice(format!("\\u{b:04x}").as_bytes()),
+            }
+            start = i + 1;
         }
     }
+    out.extend_from_slice(&s[start..]);
     out.push(b'"');
 }
 
