@@ -145,6 +145,10 @@ pub struct Config {
     pub backend_host: IpAddr,
     /// Backend listen port (0: ephemeral).
     pub tcp_port: u16,
+    /// Where `ws_port` came from (`--ws-port` or `PYSTRAND_WS_PORT`), for errors.
+    pub ws_port_source: &'static str,
+    /// Where `tcp_port` came from (`--tcp-port` or `PYSTRAND_TCP_PORT`).
+    pub tcp_port_source: &'static str,
     /// Events kept while no backend is connected.
     pub queue_size: usize,
     /// How long a connection request waits for its answer.
@@ -192,6 +196,8 @@ impl Default for Config {
             ws_port: 0,
             backend_host: IpAddr::from([127, 0, 0, 1]),
             tcp_port: 0,
+            ws_port_source: "--ws-port",
+            tcp_port_source: "--tcp-port",
             queue_size: 1000,
             connect_timeout: Duration::from_secs(5),
             max_message_size: MIB,
@@ -246,13 +252,13 @@ impl Config {
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
         let env_set = |name: &str| env(name).filter(|v| !v.trim().is_empty());
-        let ws_port = match env_set("PYSTRAND_WS_PORT") {
-            Some(v) => parse_port("PYSTRAND_WS_PORT", &v)?,
-            None => args.ws_port,
+        let (ws_port, ws_port_source) = match env_set("PYSTRAND_WS_PORT") {
+            Some(v) => (parse_port("PYSTRAND_WS_PORT", &v)?, "PYSTRAND_WS_PORT"),
+            None => (args.ws_port, "--ws-port"),
         };
-        let tcp_port = match env_set("PYSTRAND_TCP_PORT") {
-            Some(v) => parse_port("PYSTRAND_TCP_PORT", &v)?,
-            None => args.tcp_port,
+        let (tcp_port, tcp_port_source) = match env_set("PYSTRAND_TCP_PORT") {
+            Some(v) => (parse_port("PYSTRAND_TCP_PORT", &v)?, "PYSTRAND_TCP_PORT"),
+            None => (args.tcp_port, "--tcp-port"),
         };
         let queue_size = match env_set("PYSTRAND_QUEUE_SIZE") {
             Some(v) => v.trim().parse::<usize>().map_err(|_| {
@@ -268,6 +274,8 @@ impl Config {
             ws_port,
             backend_host: parse_ip("--backend-host", &args.backend_host)?,
             tcp_port,
+            ws_port_source,
+            tcp_port_source,
             queue_size,
             connect_timeout: parse_seconds("--connect-timeout", &args.connect_timeout)?,
             max_message_size: at_least("--max-message-size", args.max_message_size, 1)?,

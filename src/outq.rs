@@ -50,6 +50,12 @@ impl OutQueue {
         self.bytes
     }
 
+    /// Unsent bytes queued behind the front buffer: how far the reader is
+    /// behind, not counting the message it is receiving right now.
+    pub fn backlog(&self) -> usize {
+        self.bytes - self.frames.front().map_or(0, |f| f.len() - self.offset)
+    }
+
     /// Whether nothing waits to be written.
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
@@ -181,6 +187,7 @@ mod tests {
         q.push(b);
         q.push(a);
         assert_eq!(q.bytes(), 17);
+        assert_eq!(q.backlog(), 11);
         let mut sink = Trickle {
             out: Vec::new(),
             per_call: 4,

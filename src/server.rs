@@ -246,8 +246,6 @@ pub struct Server {
     read_again: Vec<usize>,
     /// Backends with unread input left after their turn's budget.
     backend_read_again: Vec<usize>,
-    /// Clients whose queue passed `--max-outbound-bytes` during a fan-out.
-    overflowed: Vec<usize>,
     /// Keys to remove from the slabs at the end of the turn.
     dead_clients: Vec<usize>,
     dead_backends: Vec<usize>,
@@ -267,10 +265,13 @@ impl Server {
     /// Binds both ports and prepares the loop; nothing is served until [`run`](Self::run).
     pub fn bind(config: Config) -> Result<Server, StartError> {
         let poll = Poll::new().map_err(|e| StartError(format!("cannot create the poller: {e}")))?;
-        let mut ws_listener = bind(SocketAddr::new(config.host, config.ws_port), "--ws-port")?;
+        let mut ws_listener = bind(
+            SocketAddr::new(config.host, config.ws_port),
+            config.ws_port_source,
+        )?;
         let mut backend_listener = bind(
             SocketAddr::new(config.backend_host, config.tcp_port),
-            "--tcp-port",
+            config.tcp_port_source,
         )?;
         let local = |l: &TcpListener| {
             l.local_addr()
@@ -340,7 +341,6 @@ impl Server {
             dirty_backends: Vec::new(),
             read_again: Vec::new(),
             backend_read_again: Vec::new(),
-            overflowed: Vec::new(),
             dead_clients: Vec::new(),
             dead_backends: Vec::new(),
             shutdown_deadline: None,
@@ -439,7 +439,11 @@ impl Server {
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.read_again.is_empty() || !self.backend_read_again.is_empty() {
+        if !self.read_again.is_empty()
+            || !self.backend_read_again.is_empty()
+            || !self.dirty_clients.is_empty()
+            || !self.dirty_backends.is_empty()
+        {
             return Some(Duration::ZERO);
         }
         let mut next = self.next_heartbeat;
@@ -660,21 +664,16 @@ impl Server {
         }
     }
 
-    /// Queues `frame` on client `key`; a client whose queue passes
-    /// `--max-outbound-bytes` is closed as a slow consumer.
+    /// Queues `frame` on client `key`, to be written at the end of the turn
+    /// (where the `--max-outbound-bytes` bound is checked).
     fn enqueue(&mut self, key: usize, frame: Shared) {
-        let limit = self.config.max_outbound_bytes;
         let Some(c) = self.clients.get_mut(key) else {
             return;
         };
-        let had_backlog = !c.outq.is_empty();
         c.outq.push(frame);
         if !c.dirty {
             c.dirty = true;
             self.dirty_clients.push(key);
-        }
-        if had_backlog && c.outq.bytes() > limit && matches!(c.phase, Phase::Open) {
-            self.slow_consumer(key);
         }
     }
 
@@ -1195,18 +1194,25 @@ impl Server {
                 }
             }
             self.scratch = scratch;
-            let max_line = self.config.max_line_size;
-            if let Some(b) = self.backends.get_mut(key) {
-                if b.inbuf.len() > max_line {
-                    warn!(
-                        "backend {} closed: a line longer than {max_line} bytes (see --max-line-size)",
-                        b.peer
-                    );
-                    self.end_backend(key);
-                    return;
-                }
+            if self
+                .backends
+                .get(key)
+                .is_some_and(|b| b.inbuf.len() > self.config.max_line_size)
+            {
+                self.line_too_long(key);
+                return;
             }
         }
+    }
+
+    fn line_too_long(&mut self, key: usize) {
+        if let Some(b) = self.backends.get(key) {
+            warn!(
+                "backend {} closed: a line longer than {} bytes (see --max-line-size)",
+                b.peer, self.config.max_line_size
+            );
+        }
+        self.end_backend(key);
     }
 
     /// Carries out every complete line at the start of `buf`; returns the
@@ -1214,7 +1220,12 @@ impl Server {
     fn backend_lines(&mut self, key: usize, buf: &mut [u8]) -> usize {
         let mut buffers = std::mem::take(&mut self.json_buffers);
         let mut start = 0;
+        let max_line = self.config.max_line_size;
         while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
+            if nl > max_line {
+                self.line_too_long(key);
+                break;
+            }
             let line = trim_cr(&mut buf[start..start + nl]);
             start += nl + 1;
             if line.iter().all(u8::is_ascii_whitespace) {
@@ -1316,8 +1327,7 @@ impl Server {
     }
 
     /// Encodes `message` once and queues that one buffer on every client
-    /// of the audience. Clients pushed past `--max-outbound-bytes` are
-    /// closed afterwards, so the member list is never changed mid-walk.
+    /// of the audience.
     fn fan_out(&mut self, audience: Audience<'_>, message: &Payload<'_>) {
         let members = match audience {
             Audience::All => self.hub.all(),
@@ -1328,25 +1338,15 @@ impl Server {
             return;
         }
         let frame = encode::message(message.as_bytes(), message.is_binary());
-        let limit = self.config.max_outbound_bytes;
         for &key in members {
             let Some(c) = self.clients.get_mut(key) else {
                 continue;
             };
-            let had_backlog = !c.outq.is_empty();
             c.outq.push(frame.clone());
             if !c.dirty {
                 c.dirty = true;
                 self.dirty_clients.push(key);
             }
-            // A client with nothing queued is keeping up: one message larger
-            // than the bound (up to --max-line-size) is still delivered.
-            if had_backlog && c.outq.bytes() > limit {
-                self.overflowed.push(key);
-            }
-        }
-        for key in std::mem::take(&mut self.overflowed) {
-            self.slow_consumer(key);
         }
     }
 
@@ -1572,27 +1572,37 @@ impl Server {
 
     // ---------------------------------------------------------------- writes
 
+    /// Writes every queue that grew this turn. The slow-consumer bound is
+    /// checked here, after the write: what counts is what a client leaves
+    /// unread behind the message it is receiving, not how much one turn
+    /// added (memory per client stays under `--max-outbound-bytes` plus one
+    /// message plus one turn's input).
     fn flush_all(&mut self) {
+        let limit = self.config.max_outbound_bytes;
         let dirty = std::mem::take(&mut self.dirty_clients);
         for &key in &dirty {
             let Some(c) = self.clients.get_mut(key) else {
                 continue;
             };
             c.dirty = false;
-            if !c.writable {
-                continue;
-            }
-            match c.outq.flush(&mut c.sock) {
-                Ok(Flushed::All) => {
-                    if let Phase::Closing { await_peer: false } = c.phase {
-                        self.dead_clients.push(key);
+            if c.writable {
+                match c.outq.flush(&mut c.sock) {
+                    Ok(Flushed::All) => {
+                        if let Phase::Closing { await_peer: false } = c.phase {
+                            self.dead_clients.push(key);
+                        }
+                        continue;
+                    }
+                    Ok(Flushed::Blocked) => c.writable = false,
+                    Err(e) => {
+                        debug!("client {} write error: {e}", c.peer);
+                        self.end_client(key, Ending::Drop);
+                        continue;
                     }
                 }
-                Ok(Flushed::Blocked) => c.writable = false,
-                Err(e) => {
-                    debug!("client {} write error: {e}", c.peer);
-                    self.end_client(key, Ending::Drop);
-                }
+            }
+            if c.outq.backlog() > limit && matches!(c.phase, Phase::Open) {
+                self.slow_consumer(key);
             }
         }
         let mut dirty = dirty;
