@@ -104,3 +104,29 @@ fn a_client_that_never_reads_is_closed_and_the_room_goes_on() {
         "the silent client got everything: it was not behind"
     );
 }
+
+/// The bound is on what a client leaves unread, not on how much one burst
+/// from a backend adds in one loop turn: a member that reads everything
+/// (the kernel takes megabytes on loopback) must not be cut as "slow".
+#[test]
+fn a_reading_member_survives_a_burst_larger_than_the_limit() {
+    const COUNT: usize = 100;
+    let broker = Broker::start(&["--max-outbound-bytes", LIMIT]);
+    let mut backend = Backend::connect(&broker);
+    let mut reader = join(&broker, &mut backend, "reader", "room");
+    let reading = thread::spawn(move || {
+        for i in 0..COUNT {
+            match next_message(&mut reader) {
+                Message::Text(t) => assert_eq!(index_of(&t), i, "out of order"),
+                other => panic!("message {i}: expected text, got {other:?}"),
+            }
+        }
+    });
+    // About 100 KB in one write: more than the limit, far less than what
+    // the socket buffers take.
+    backend.send_all((0..COUNT).map(|i| to_room("room", &payload(i))));
+    reading
+        .join()
+        .expect("the reading member got the whole burst");
+    assert!(!broker.has_log(&["slow consumer"]));
+}

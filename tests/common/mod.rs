@@ -31,10 +31,11 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_pystrands-server");
 
 /// Environment variables of the broker that must not leak in from the
 /// environment the tests run in.
-const BROKER_ENV: [&str; 3] = [
+const BROKER_ENV: [&str; 4] = [
     "PYSTRAND_WS_PORT",
     "PYSTRAND_TCP_PORT",
     "PYSTRAND_QUEUE_SIZE",
+    "PYSTRANDS_BACKEND_TOKEN",
 ];
 
 // ------------------------------------------------------------------ broker
@@ -335,6 +336,17 @@ impl Backend {
         }
     }
 
+    /// Next raw line, heartbeats included, waiting at most [`TIMEOUT`].
+    pub fn recv_line(&mut self) -> String {
+        match self.lines.recv_timeout(TIMEOUT) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => panic!("no line within {TIMEOUT:?}"),
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("the broker closed the backend connection")
+            }
+        }
+    }
+
     /// Next event (heartbeats skipped), waiting at most [`TIMEOUT`].
     pub fn recv(&mut self) -> Value {
         self.recv_within(TIMEOUT)
@@ -364,6 +376,15 @@ impl Backend {
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
         self.writer.write_all(&bytes).expect("write to the broker");
+    }
+
+    /// Sends one raw line (in one write), ignoring write errors: for a line
+    /// the broker may close the connection in the middle of.
+    pub fn send_raw_unchecked(&mut self, line: &str) {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        let _ = self.writer.write_all(&bytes);
     }
 
     /// Sends one JSON value as a line.
