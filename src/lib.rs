@@ -9,6 +9,7 @@
 //! - [`hub`]: rooms, client ids and open clients, for fan-out.
 //! - [`outq`]: per-socket queues of shared frames flushed with vectored writes.
 //! - [`json`]: JSON string escaping shared by the encoders.
+//! - [`fuzzing`]: harnesses of the fuzz targets, replayed by `cargo test`.
 //!
 //! # Invariants
 //! - One slow or dead peer never delays delivery to any other: sockets are
@@ -27,6 +28,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod fuzzing;
 pub mod hub;
 pub mod json;
 pub mod outq;
