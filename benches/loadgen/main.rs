@@ -410,7 +410,7 @@ fn main() -> ExitCode {
         }
     };
     if let Some(core) = cfg.core {
-        if let Err(e) = os::pin_to_core(core) {
+        if let Err(e) = os::pin_self_to_core(core) {
             eprintln!("loadgen: cannot pin to CPU {core}: {e}");
             return ExitCode::from(3);
         }

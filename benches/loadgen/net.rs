@@ -63,6 +63,8 @@ pub struct Client {
     queued: bool,
     mask: u32,
     pub seen: Seen,
+    /// Why the connection failed, if it did.
+    pub fail_reason: Option<String>,
     /// Echo: frames sent so far (also the next sequence number).
     pub sent: u64,
     pub inflight: u64,
@@ -479,6 +481,7 @@ impl Net {
             queued: false,
             mask: (i as u32).wrapping_mul(2_654_435_761) | 1,
             seen: Seen::default(),
+            fail_reason: None,
             sent: 0,
             inflight: 0,
         });
@@ -551,9 +554,11 @@ impl Net {
     /// Tells that the server and, for a broker, some backend are ready.
     pub fn probe(&mut self, path: &str) -> Result<(), Stop> {
         let mut tries = 0u32;
+        let phase = self.phase.clone();
         loop {
             let i = self.add_client(format!("{path}{tries}"), 0, 0);
             let failed_before = self.ctx.tally.failed;
+            let reasons_before = self.ctx.tally.fail_reasons.clone();
             self.start_connect(i);
             while matches!(self.clients[i].state, State::Connecting | State::Upgrading) {
                 self.turn(Duration::from_millis(100))?;
@@ -565,10 +570,14 @@ impl Net {
             } else {
                 // A probe's failure is not a client failure.
                 self.ctx.tally.failed = failed_before;
+                self.ctx.tally.fail_reasons = reasons_before;
+                let why = self.clients[i].fail_reason.take().unwrap_or_default();
+                self.phase = format!("{phase}; {} attempts, the last: {why}", tries + 1);
             }
             self.drop_client(i);
             self.clients.pop();
             if ok {
+                self.phase = phase;
                 return Ok(());
             }
             tries += 1;
@@ -848,7 +857,8 @@ impl Net {
 fn fail(tally: &mut Tally, c: &mut Client, why: String) {
     c.state = State::Failed;
     tally.failed += 1;
-    *tally.fail_reasons.entry(why).or_default() += 1;
+    *tally.fail_reasons.entry(why.clone()).or_default() += 1;
+    c.fail_reason = Some(why);
 }
 
 fn send_echo(c: &mut Client, i: usize, ctx: &mut Ctx) {

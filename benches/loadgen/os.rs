@@ -144,6 +144,28 @@ pub fn pin_to_core(core: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Pins every thread of this process to one CPU (affinity is per thread,
+/// and the server's stderr reader runs in its own).
+pub fn pin_self_to_core(core: usize) -> io::Result<()> {
+    for task in fs::read_dir("/proc/self/task")? {
+        let tid: libc::pid_t = task?
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| io::Error::other("bad /proc/self/task entry"))?;
+        // SAFETY: as in pin_to_core, for thread `tid` of this process.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_ZERO(&mut set);
+            libc::CPU_SET(core, &mut set);
+            if libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Starts a non-blocking connect to `dest` from source address `src`
 /// (port chosen by the kernel at connect time, so each source address has
 /// its own ephemeral port range for this destination).
