@@ -1,6 +1,6 @@
 //! A message over --max-message-size closes the client with 1009, in one
 //! frame or reassembled from fragments; a message of exactly the limit
-//! passes.
+//! passes. So does a message in more than --max-fragments frames.
 
 mod common;
 
@@ -53,4 +53,25 @@ fn a_huge_declared_length_gives_1009_without_sending_it() {
     header.extend_from_slice(&[1, 2, 3, 4]);
     raw_write(&mut raw, &header);
     expect_close(&mut raw, 1009);
+}
+
+#[test]
+fn more_fragments_than_max_fragments_give_1009() {
+    let broker = Broker::start(&["--max-fragments", "4"]);
+    let mut backend = Backend::connect(&broker);
+    let mut raw = raw_join(&broker, &mut backend, "c", "room");
+    let key = Some([5, 6, 7, 8]);
+    // Four fragments are fine.
+    raw_write(&mut raw, &frame(false, TEXT, b"a", key));
+    for last in [false, false, true] {
+        raw_write(&mut raw, &frame(last, CONTINUATION, b"b", key));
+    }
+    assert_eq!(backend.expect("new_message")["params"]["message"], "abbb");
+    // Five are not.
+    raw_write(&mut raw, &frame(false, TEXT, b"a", key));
+    for last in [false, false, false, true] {
+        raw_write(&mut raw, &frame(last, CONTINUATION, b"b", key));
+    }
+    expect_close(&mut raw, 1009);
+    backend.expect("disconnected");
 }

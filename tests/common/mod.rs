@@ -288,9 +288,24 @@ pub struct Backend {
 }
 
 impl Backend {
-    /// Connects and waits until the broker has registered this backend
-    /// (its "backend <addr> connected" log line).
+    /// Connects and waits until the broker has made this backend live (its
+    /// "backend <addr> connected (N connected)" log line).
     pub fn connect(broker: &Broker) -> Backend {
+        let backend = Backend::connect_only(broker);
+        backend.wait_live(broker);
+        backend
+    }
+
+    /// Connects, presents `token` in an auth line, and waits until live.
+    pub fn connect_with_token(broker: &Broker, token: &str) -> Backend {
+        let mut backend = Backend::connect_only(broker);
+        backend.send(&json!({"action": "auth", "request_id": "auth", "params": {"token": token}}));
+        backend.wait_live(broker);
+        backend
+    }
+
+    /// Connects without waiting for anything.
+    pub fn connect_only(broker: &Broker) -> Backend {
         let stream = TcpStream::connect(broker.backend).expect("connect a backend");
         let local = stream.local_addr().unwrap();
         let read_half = stream.try_clone().unwrap();
@@ -303,13 +318,17 @@ impl Backend {
                 }
             }
         });
-        broker.wait_log(&[&format!("backend {local} connected")]);
         Backend {
             writer: stream,
             lines: rx,
             local,
             reader: Some(reader),
         }
+    }
+
+    /// Waits for the broker's log line saying this backend is live.
+    pub fn wait_live(&self, broker: &Broker) {
+        broker.wait_log(&[&format!("backend {} connected (", self.local)]);
     }
 
     /// Next line within `limit`, parsed; heartbeats skipped. `None` on

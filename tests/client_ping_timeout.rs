@@ -1,0 +1,49 @@
+//! The broker pings every open client each --ping-interval; a client that
+//! sends nothing, not even a pong, within --ping-timeout is closed with
+//! 1001 and the backend gets `disconnected`. A client that answers stays.
+
+mod common;
+
+use common::*;
+
+const PONG: u8 = 0xA;
+
+#[test]
+fn a_client_that_never_answers_pings_is_closed() {
+    let broker = Broker::start(&["--ping-interval", "0.2", "--ping-timeout", "0.3"]);
+    let mut backend = Backend::connect(&broker);
+    let mut raw = raw_join(&broker, &mut backend, "mute", "room");
+    let (opcode, _) = read_frame(&mut raw);
+    assert_eq!(opcode, PING, "expected a ping first");
+    // Not answering: next comes the close.
+    let (opcode, payload) = read_frame(&mut raw);
+    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
+    assert_eq!(close_payload(&payload).0, 1001, "close payload {payload:?}");
+    let event = backend.expect("disconnected");
+    assert_eq!(event["params"]["context"]["client_id"], "mute");
+}
+
+#[test]
+fn a_client_that_answers_pings_stays_open() {
+    let broker = Broker::start(&["--ping-interval", "0.2", "--ping-timeout", "0.3"]);
+    let mut backend = Backend::connect(&broker);
+    let mut raw = raw_join(&broker, &mut backend, "lively", "room");
+    // Five pings answered: more than a second, several timeouts' worth.
+    for _ in 0..5 {
+        let (opcode, payload) = read_frame(&mut raw);
+        assert_eq!(opcode, PING, "expected a ping, got opcode {opcode}");
+        raw_write(&mut raw, &masked(PONG, &payload));
+    }
+    backend.send_to_room("room", "still here");
+    loop {
+        let (opcode, payload) = read_frame(&mut raw);
+        match opcode {
+            PING => raw_write(&mut raw, &masked(PONG, &payload)),
+            TEXT => {
+                assert_eq!(payload, b"still here");
+                break;
+            }
+            other => panic!("unexpected opcode {other}: {payload:?}"),
+        }
+    }
+}
