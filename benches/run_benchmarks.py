@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""Runs the issue-4 benchmark scenarios against the broker and the load
+generator's limit server, and writes benches/results/results.json.
+
+    python3 benches/run_benchmarks.py                 # everything, 3 runs each
+    python3 benches/run_benchmarks.py --runs 5
+    python3 benches/run_benchmarks.py --only fanout,echo
+    python3 benches/run_benchmarks.py --quick         # small and fast: checks the script
+    python3 benches/run_benchmarks.py --list          # the scenarios and their commands
+    python3 benches/run_benchmarks.py --table         # results.json as a Markdown table
+
+The load generator is built once (`cargo bench --bench loadgen --no-run`);
+the loadgen and pystrands-server binaries are then copied to a temporary
+directory, so a rebuild by someone else during the runs cannot change what
+is measured. Every scenario runs `--runs` times against the broker and
+`--runs` times in `--limit` mode, alternating (broker, limit, limit,
+broker, ...), with the server pinned to core 0 and the tool to core 1; the
+runs of one scenario are spread over the whole measurement (run 1 of every
+scenario, then run 2, ...), so a burst of load from elsewhere does not hit
+all runs of one scenario.
+
+results.json holds the machine (nproc, CPU model, kernel, load, date, git
+commit), every run's raw JSON line (plus exit code, load average and the
+stderr tail), and per scenario the medians of every numeric figure for the
+broker and for the limit server, with the ratio broker/limit of the main
+figures. With --only, scenarios already in the output file that were not
+run again are kept.
+
+Python 3 standard library only.
+"""
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, "benches", "results")
+
+# Figures whose broker/limit ratio is reported, by scenario kind. The first
+# ones are the headline figures of BENCHMARKS.md.
+FANOUT_FIGURES = [
+    "deliveries_per_s",
+    "server_cpu_per_delivery_us",
+    "latency_p50_us",
+    "latency_p99_us",
+    "latency_max_us",
+    "server_busy",
+    "loadgen_busy",
+    "server_connect_cpu_per_conn_us",
+    "rss_per_conn_bytes",
+]
+ECHO_FIGURES = [
+    "round_trips_per_s",
+    "server_cpu_per_round_trip_us",
+    "latency_p50_us",
+    "latency_p99_us",
+    "latency_max_us",
+    "server_busy",
+    "loadgen_busy",
+]
+CONNS_FIGURES = [
+    "connects_per_s",
+    "server_connect_cpu_per_conn_us",
+    "rss_per_conn_bytes",
+    "handshake_p50_us",
+    "handshake_p99_us",
+    "loadgen_connect_busy",
+    "server_connect_busy",
+]
+# Correctness counters: summed over runs, never medians.
+CHECKS = [
+    "lost",
+    "duplicates",
+    "out_of_order",
+    "misrouted",
+    "corrupt",
+    "unsent_seq",
+    "unexpected_closes",
+    "connect_failed",
+]
+
+
+def scenario(sid, group, title, args, figures, timeout=60, sweep=None):
+    return {
+        "id": sid,
+        "group": group,
+        "title": title,
+        "args": args,
+        "figures": figures,
+        "timeout": timeout,
+        "sweep": sweep,
+    }
+
+
+def sweep_messages(n):
+    """Messages for an N-subscriber sweep point: about a million deliveries."""
+    return max(50, -(-1_000_000 // n))
+
+
+SWEEP_FULL = [100, 1000, 5000, 10000, 19000]
+SWEEP_QUICK = [100, 500, 1000]
+
+
+def scenarios(quick):
+    """The scenarios of the issue's targets table (full or --quick sizes)."""
+    if quick:
+        f1 = (200, 100)
+        f2 = (1000, 20)
+        rate = (200, 15)
+        echo = ["--duration", "1", "--warmup", "0.3"]
+        conns = 1000
+        sweep = SWEEP_QUICK
+    else:
+        f1 = (1000, 1000)
+        f2 = (10000, 100)
+        rate = (1000, 900)
+        echo = ["--duration", "5", "--warmup", "1"]
+        conns = 19000
+        sweep = SWEEP_FULL
+
+    def fan(n, m):
+        return ["fanout", "--subscribers", str(n), "--messages", str(m)]
+
+    out = [
+        scenario(
+            f"fanout_{f1[0]}x{f1[1]}",
+            "fanout",
+            f"fan-out {f1[0]:,} subscribers x {f1[1]:,} messages (64 B), as fast as possible",
+            fan(*f1),
+            FANOUT_FIGURES,
+        ),
+        scenario(
+            f"fanout_{f2[0]}x{f2[1]}",
+            "fanout",
+            f"fan-out {f2[0]:,} subscribers x {f2[1]:,} messages (64 B), as fast as possible",
+            fan(*f2),
+            FANOUT_FIGURES,
+        ),
+        scenario(
+            "fanout_rate30",
+            "rate",
+            f"fan-out at 30 messages/s to {rate[0]:,} subscribers ({rate[1]} messages)",
+            fan(*rate) + ["--rate", "30"],
+            FANOUT_FIGURES,
+            timeout=int(rate[1] / 30) + 60,
+        ),
+        scenario(
+            f"broadcast_{f1[0]}x{f1[1]}",
+            "broadcast",
+            f"broadcast to {f1[0]:,} clients x {f1[1]:,} messages (64 B)",
+            ["broadcast", "--subscribers", str(f1[0]), "--messages", str(f1[1])],
+            FANOUT_FIGURES,
+        ),
+        scenario(
+            "echo_100x1",
+            "echo",
+            "echo: 100 clients, one in flight each, 64 B",
+            ["echo", "--clients", "100", "--inflight", "1"] + echo,
+            ECHO_FIGURES,
+        ),
+        scenario(
+            "echo_70k",
+            "echo70k",
+            "echo: 100 clients, one in flight each, 70,000 B messages",
+            ["echo", "--clients", "100", "--inflight", "1", "--size", "70000"] + echo,
+            ECHO_FIGURES,
+        ),
+        scenario(
+            f"conns_{conns}",
+            "conns",
+            f"{conns:,} idle connections (held 1 s)",
+            ["conns", "--connections", str(conns), "--hold", "1"],
+            CONNS_FIGURES,
+        ),
+    ]
+    # The sweep reuses the fan-out scenarios above where the sizes match.
+    known = {s["id"] for s in out}
+    for n in sweep:
+        sid = f"fanout_{n}x{sweep_messages(n)}"
+        if sid not in known:
+            out.append(
+                scenario(
+                    sid,
+                    "sweep",
+                    f"fan-out {n:,} subscribers x {sweep_messages(n):,} messages (64 B), sweep point",
+                    fan(n, sweep_messages(n)),
+                    FANOUT_FIGURES,
+                    sweep=n,
+                )
+            )
+            known.add(sid)
+        else:
+            for s in out:
+                if s["id"] == sid:
+                    s["sweep"] = n
+    return out
+
+
+GROUPS = ["fanout", "rate", "broadcast", "echo", "echo70k", "conns", "sweep"]
+
+
+def sh(cmd, **kw):
+    """Output of a command, or None if it cannot run."""
+    try:
+        return subprocess.run(
+            cmd, capture_output=True, text=True, check=True, timeout=30, **kw
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return [float(x) for x in f.read().split()[:3]]
+    except OSError:
+        return None
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def machine():
+    fuzz = None
+    if os.path.exists("/tmp/fuzz-status.log"):
+        with open("/tmp/fuzz-status.log", errors="replace") as f:
+            fuzz = f.read().strip().splitlines()[-1:] or None
+    return {
+        "nproc": int(sh(["nproc"]) or os.cpu_count() or 0),
+        "cpu_model": cpu_model(),
+        "kernel": platform.release(),
+        "kernel_version": platform.version(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": sh(["git", "rev-parse", "HEAD"], cwd=ROOT),
+        # Uncommitted changes in what is measured, if any.
+        "git_dirty": sh(
+            ["git", "status", "--porcelain", "--", "src", "benches/loadgen", "Cargo.toml", "Cargo.lock"],
+            cwd=ROOT,
+        ),
+        "rustc": sh(["rustc", "--version"]),
+        "python": platform.python_version(),
+        "loadavg_start": loadavg(),
+        "fuzz_status": fuzz,
+    }
+
+
+def build(verbose):
+    """Builds the loadgen bench once; returns (loadgen, pystrands-server) paths."""
+    cmd = ["cargo", "bench", "--bench", "loadgen", "--no-run", "--message-format=json-render-diagnostics"]
+    print("building:", " ".join(cmd), file=sys.stderr)
+    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        sys.stderr.write(p.stderr or "")
+        sys.exit(f"build failed ({p.returncode})")
+    loadgen = server = None
+    for line in p.stdout.splitlines():
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+            continue
+        name = m.get("target", {}).get("name")
+        if name == "loadgen":
+            loadgen = m["executable"]
+        elif name == "pystrands-server":
+            server = m["executable"]
+    if loadgen is None:
+        # As the loadgen README says: the newest target/release/deps/loadgen-*.
+        deps = os.path.join(ROOT, "target", "release", "deps")
+        cands = [
+            os.path.join(deps, f)
+            for f in os.listdir(deps)
+            if f.startswith("loadgen-") and not f.endswith(".d")
+        ]
+        loadgen = max(cands, key=os.path.getmtime) if cands else None
+    if server is None:
+        server = os.path.join(ROOT, "target", "release", "pystrands-server")
+    if not loadgen or not os.path.exists(loadgen) or not os.path.exists(server):
+        sys.exit(f"cannot find the built binaries (loadgen {loadgen}, server {server})")
+    return loadgen, server
+
+
+def run_one(sc, target, run, bins, opts):
+    """One loadgen run; returns the run record."""
+    cmd = [bins["loadgen"]] + sc["args"] + [
+        "--server-core", str(opts.server_core),
+        "--core", str(opts.core),
+        "--timeout", str(sc["timeout"]),
+        "--json",
+    ]
+    if target == "limit":
+        cmd.append("--limit")
+    else:
+        cmd += ["--server-bin", bins["server"]]
+    rec = {
+        "scenario": sc["id"],
+        "target": target,
+        "run": run,
+        "command": " ".join(cmd[1:]),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "loadavg": loadavg(),
+    }
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=sc["timeout"] + 20, cwd=ROOT)
+        rec["rc"] = p.returncode
+        out, err = p.stdout, p.stderr
+    except subprocess.TimeoutExpired as e:
+        rec["rc"] = "killed: no exit within --timeout + 20 s"
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    rec["wall_s"] = round(time.monotonic() - t0, 2)
+    rec["result"] = None
+    lines = out.strip().splitlines()
+    if lines:
+        try:
+            rec["result"] = json.loads(lines[-1])
+        except ValueError:
+            pass
+    if rec["rc"] != 0 or rec["result"] is None:
+        rec["stdout_tail"] = out[-3000:]
+    err = "\n".join(
+        l for l in err.splitlines() if "--max-connections 100000 lowered" not in l
+    )
+    if err.strip():
+        rec["stderr_tail"] = err[-3000:]
+    return rec
+
+
+def good(rec):
+    r = rec.get("result")
+    return rec.get("rc") == 0 and isinstance(r, dict) and r.get("ok") is True
+
+
+def median_of(runs, key):
+    vals = [
+        r["result"][key]
+        for r in runs
+        if isinstance(r.get("result"), dict)
+        and isinstance(r["result"].get(key), (int, float))
+        and not isinstance(r["result"].get(key), bool)
+    ]
+    return statistics.median(vals) if vals else None
+
+
+def summarize(sc, runs):
+    """Medians per target over the good runs, and broker/limit ratios."""
+    out = {"title": sc["title"], "group": sc["group"], "args": sc["args"], "sweep": sc["sweep"], "figures": sc["figures"]}
+    for target in ("broker", "limit"):
+        mine = [r for r in runs if r["scenario"] == sc["id"] and r["target"] == target]
+        ok = [r for r in mine if good(r)]
+        keys = sorted(
+            {
+                k
+                for r in ok
+                for k, v in r["result"].items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        out[target] = {
+            "runs": len(mine),
+            "good_runs": len(ok),
+            "failed": [
+                {"run": r["run"], "rc": r["rc"], "problems": (r.get("result") or {}).get("problems"), "stderr": r.get("stderr_tail", "")[-500:]}
+                for r in mine
+                if not good(r)
+            ],
+            "median": {k: median_of(ok, k) for k in keys},
+            "checks": {
+                k: sum((r.get("result") or {}).get(k) or 0 for r in mine) for k in CHECKS
+            },
+            "notes": sorted({n for r in mine for n in (r.get("result") or {}).get("notes", [])}),
+            "loadavg_1m": [r["loadavg"][0] for r in mine if r.get("loadavg")],
+        }
+    ratios = {}
+    paired = {}
+    for k in sc["figures"]:
+        b = out["broker"]["median"].get(k)
+        l = out["limit"]["median"].get(k)
+        ratios[k] = round(b / l, 3) if b is not None and l else None
+        # The same ratio taken run by run (broker run i / limit run i).
+        pr = []
+        for i in range(1, max(out["broker"]["runs"], out["limit"]["runs"]) + 1):
+            rb = [r for r in runs if r["scenario"] == sc["id"] and r["target"] == "broker" and r["run"] == i and good(r)]
+            rl = [r for r in runs if r["scenario"] == sc["id"] and r["target"] == "limit" and r["run"] == i and good(r)]
+            if rb and rl:
+                vb, vl = rb[0]["result"].get(k), rl[0]["result"].get(k)
+                if isinstance(vb, (int, float)) and isinstance(vl, (int, float)) and vl:
+                    pr.append(vb / vl)
+        paired[k] = round(statistics.median(pr), 3) if pr else None
+    out["ratio"] = ratios
+    out["paired_ratio_median"] = paired
+    return out
+
+
+def write(path, doc):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- table
+
+def fmt(v, key):
+    if v is None:
+        return "-"
+    if key.endswith("_per_s"):
+        if v >= 1e6:
+            return f"{v / 1e6:.2f} M"
+        if v >= 1e3:
+            return f"{v / 1e3:.1f} k"
+        return f"{v:.0f}"
+    if key.endswith("_us") and ("latency" in key or "handshake" in key):
+        return f"{v / 1e3:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+    if key.endswith("_us"):
+        return f"{v:.3f} µs" if v < 1 else f"{v:.2f} µs"
+    if key.endswith("_bytes"):
+        return f"{v:.0f} B"
+    if key.endswith("_busy"):
+        return f"{v * 100:.0f}%"
+    return f"{v:g}"
+
+
+def table(doc):
+    """Markdown table: per scenario and figure, broker | limit | ratio."""
+    rows = [
+        "| scenario | figure | broker (median) | limit (median) | broker / limit |",
+        "|---|---|---|---|---|",
+    ]
+    for sid, s in doc.get("scenarios", {}).items():
+        first = True
+        for k in s["figures"]:
+            if k.endswith("_busy") or k == "latency_max_us":
+                continue
+            b = s["broker"]["median"].get(k)
+            l = s["limit"]["median"].get(k)
+            r = s["ratio"].get(k)
+            rows.append(
+                f"| {s['title'] if first else ''} | {k} | {fmt(b, k)} | {fmt(l, k)} | {'-' if r is None else f'{r:.2f}x'} |"
+            )
+            first = False
+    return "\n".join(rows)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="runs per scenario and target (default 3)")
+    ap.add_argument("--only", default="", help="comma-separated groups or scenario ids: " + ",".join(GROUPS))
+    ap.add_argument("--quick", action="store_true", help="small sizes, 1 run: checks the script itself (writes results-quick.json)")
+    ap.add_argument("--out", help="output file (default benches/results/results.json, or results-quick.json with --quick)")
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--core", type=int, default=1)
+    ap.add_argument("--loadgen", help="use this loadgen binary instead of building (the broker is then --server-bin or target/release/pystrands-server)")
+    ap.add_argument("--server-bin", help="broker binary (default: the one cargo built for the bench)")
+    ap.add_argument("--fresh", action="store_true", help="with --only: drop scenarios of the existing output file")
+    ap.add_argument("--list", action="store_true", help="print the scenarios and exit")
+    ap.add_argument("--table", action="store_true", help="print the output file as a Markdown table and exit")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    opts = ap.parse_args()
+    if opts.quick and "--runs" not in " ".join(sys.argv):
+        opts.runs = 1
+    out_path = opts.out or os.path.join(RESULTS_DIR, "results-quick.json" if opts.quick else "results.json")
+
+    if opts.table:
+        with open(out_path) as f:
+            print(table(json.load(f)))
+        return 0
+
+    all_sc = scenarios(opts.quick)
+    want = [w.strip() for w in opts.only.split(",") if w.strip()]
+    unknown = [w for w in want if w not in GROUPS and w not in {s["id"] for s in all_sc}]
+    if unknown:
+        ap.error(f"--only: unknown {unknown}; groups are {GROUPS}, ids {[s['id'] for s in all_sc]}")
+    if want:
+        chosen = [
+            s
+            for s in all_sc
+            if s["id"] in want
+            or s["group"] in want
+            or ("sweep" in want and s["sweep"] is not None)
+        ]
+    else:
+        chosen = all_sc
+    if opts.list:
+        for s in chosen:
+            print(f"{s['id']:<22} {s['title']}\n{'':<22} loadgen {' '.join(s['args'])} --server-core {opts.server_core} --core {opts.core} [--limit]")
+        return 0
+    if opts.runs < 1:
+        ap.error("--runs must be at least 1")
+
+    if opts.loadgen:
+        loadgen = opts.loadgen
+        server = opts.server_bin or os.path.join(ROOT, "target", "release", "pystrands-server")
+    else:
+        loadgen, server = build(opts.verbose)
+        server = opts.server_bin or server
+    # Snapshot both binaries: someone else's rebuild must not change them mid-run.
+    tmp = tempfile.mkdtemp(prefix="pystrands-bench-")
+    bins = {"loadgen": os.path.join(tmp, "loadgen"), "server": os.path.join(tmp, "pystrands-server")}
+    shutil.copy2(loadgen, bins["loadgen"])
+    shutil.copy2(server, bins["server"])
+
+    os.makedirs(os.path.dirname(out_path), exist_ok=True)
+    doc = {"machine": None, "config": None, "scenarios": {}, "sweep": None, "runs": []}
+    if want and not opts.fresh and os.path.exists(out_path):
+        with open(out_path) as f:
+            old = json.load(f)
+        ids = {s["id"] for s in chosen}
+        doc["scenarios"] = {k: v for k, v in old.get("scenarios", {}).items() if k not in ids}
+        doc["runs"] = [r for r in old.get("runs", []) if r["scenario"] not in ids]
+        doc["earlier"] = old.get("earlier", []) + [
+            {"machine": old.get("machine"), "config": old.get("config"), "scenarios_kept": sorted(doc["scenarios"])}
+        ]
+    doc["machine"] = machine()
+    doc["config"] = {
+        "runs": opts.runs,
+        "quick": opts.quick,
+        "server_core": opts.server_core,
+        "core": opts.core,
+        "scenarios": [s["id"] for s in chosen],
+        "loadgen_binary": loadgen,
+        "loadgen_sha256": sha256(bins["loadgen"]),
+        "server_binary": server,
+        "server_sha256": sha256(bins["server"]),
+        "order": "run i: broker then limit for odd i, limit then broker for even i; scenarios interleaved run by run",
+    }
+
+    total = len(chosen) * opts.runs * 2
+    done = 0
+    t_start = time.monotonic()
+    try:
+        for run in range(1, opts.runs + 1):
+            order = ("broker", "limit") if run % 2 else ("limit", "broker")
+            for sc in chosen:
+                for target in order:
+                    done += 1
+                    rec = run_one(sc, target, run, bins, opts)
+                    doc["runs"].append(rec)
+                    r = rec.get("result") or {}
+                    main_key = sc["figures"][1] if sc["group"] != "conns" else "server_connect_cpu_per_conn_us"
+                    status = "ok" if good(rec) else f"FAILED rc={rec['rc']} {r.get('problems') or rec.get('stderr_tail', '')[-300:]}"
+                    print(
+                        f"[{done}/{total} {time.monotonic() - t_start:5.0f}s load {rec['loadavg'][0] if rec['loadavg'] else '?'}] "
+                        f"{sc['id']} {target} run {run}: {sc['figures'][0]}={r.get(sc['figures'][0])} "
+                        f"{main_key}={r.get(main_key)} p99={r.get('latency_p99_us', r.get('handshake_p99_us'))} {status}",
+                        file=sys.stderr,
+                    )
+                    # Keep what is done so far, in case the rest fails.
+                    doc["scenarios"].update({s["id"]: summarize(s, doc["runs"]) for s in chosen})
+                    write(out_path, doc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    doc["machine"]["loadavg_end"] = loadavg()
+    doc["machine"]["duration_s"] = round(time.monotonic() - t_start, 1)
+    doc["scenarios"].update({s["id"]: summarize(s, doc["runs"]) for s in chosen})
+    # The chart's series: subscriber count -> scenario id.
+    sweep = {}
+    for sid, s in doc["scenarios"].items():
+        if s.get("sweep"):
+            sweep[str(s["sweep"])] = sid
+    doc["sweep"] = dict(sorted(sweep.items(), key=lambda kv: int(kv[0])))
+    write(out_path, doc)
+    print(table(doc))
+    print(f"\nwrote {os.path.relpath(out_path, ROOT)} in {doc['machine']['duration_s']} s", file=sys.stderr)
+    failed = sum(1 for r in doc["runs"] if r["scenario"] in {s["id"] for s in chosen} and not good(r))
+    if failed:
+        print(f"{failed} runs failed a check or did not finish: see results.json", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
