@@ -30,17 +30,17 @@ impl Write for Sink {
 
 fn backend_line(c: &mut Criterion) {
     let line = br#"{"action":"message_to_room","request_id":"5b1c0c4e-2f53-4a8e-9d47-1f0e2f9a8c11","params":{"room_id":"lobby","message":"0123456789012345678901234567890123456789012345678901234567890123"}}"#;
-    let mut buffers = simd_json::Buffers::default();
+    let mut parser = backend::LineParser::new();
     let mut group = c.benchmark_group("backend_line");
     group.throughput(Throughput::Elements(1));
     group.bench_function("parse+decode message_to_room (64 B)", |b| {
         b.iter_batched_ref(
             || line.to_vec(),
             |bytes| {
-                let value = backend::parse_line(bytes, &mut buffers).expect("valid line");
-                let command = backend::decode(&value).expect("valid command");
-                assert!(matches!(command, Command::MessageToRoom { .. }));
-                black_box(&command);
+                parser.parse(bytes, |command| {
+                    assert!(matches!(command, Ok(Command::MessageToRoom { .. })));
+                    black_box(&command);
+                });
             },
             BatchSize::SmallInput,
         )

@@ -1,9 +1,10 @@
 //! The backend side: newline-delimited JSON over TCP.
 //!
-//! Backend -> broker: each line is parsed in place with simd-json (strings
-//! without escapes are borrowed from the line, never copied) and decoded
-//! into a [`Command`]. A line that cannot be used yields a [`CommandError`]
-//! whose text goes back to the backend in an `error` line.
+//! Backend -> broker: a [`LineParser`] parses each line in place with
+//! simd-json into a reused tape (no per-line allocation once warm; strings
+//! are unescaped in place and borrowed from the line, never copied) and
+//! decodes it into a [`Command`]. A line that cannot be used yields a
+//! [`LineError`] whose text goes back to the backend in an `error` line.
 //!
 //! Broker -> backend: the `push_*` functions append one event line to a
 //! backend's output buffer. A client's context (`{"client_id":..,
@@ -16,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 
 use simd_json::prelude::*;
-use simd_json::value::borrowed::{to_value_with_buffers, Value};
+use simd_json::value::tape::{Tape, Value};
 use simd_json::Buffers;
 
 use crate::json::push_str;
@@ -65,7 +66,7 @@ pub enum Command<'a> {
         /// The room to put the client in (the request path when absent).
         room_id: Option<Cow<'a, str>>,
         /// The metadata to attach (`{}` when absent or null).
-        metadata: Option<&'a Value<'a>>,
+        metadata: Option<Value<'a, 'a>>,
     },
     /// A message to every connected client.
     Broadcast {
@@ -92,28 +93,67 @@ pub enum Command<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommandError(pub String);
 
-/// Parses one line (without its `\n`) in place into a JSON value.
-pub fn parse_line<'a>(
-    line: &'a mut [u8],
-    buffers: &mut Buffers,
-) -> Result<Value<'a>, CommandError> {
-    to_value_with_buffers(line, buffers).map_err(|e| CommandError(format!("invalid JSON: {e}")))
+/// A line that could not be carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineError<'a> {
+    /// The line's `request_id`, when it has a string one.
+    pub request_id: Option<&'a str>,
+    /// What was wrong, for the `error` line.
+    pub message: String,
 }
 
-/// The line's `request_id`, when it has a string one (for error replies).
-pub fn request_id<'v>(value: &'v Value<'_>) -> Option<&'v str> {
-    value.get("request_id").and_then(|v| v.as_str())
+/// Parses backend lines, reusing its buffers and tape from line to line.
+#[derive(Default)]
+pub struct LineParser {
+    buffers: Buffers,
+    /// Kept between lines for its allocation only (always empty here).
+    tape: Option<Tape<'static>>,
+}
+
+impl LineParser {
+    /// A parser with empty buffers.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Parses `line` (without its `\n`) in place and hands `on_line` the
+    /// decoded command, or what was wrong with the line.
+    pub fn parse<R>(
+        &mut self,
+        line: &mut [u8],
+        on_line: impl FnOnce(Result<Command<'_>, LineError<'_>>) -> R,
+    ) -> R {
+        let mut tape = self.tape.take().map_or_else(Tape::null, Tape::reset);
+        let result = match simd_json::fill_tape(line, &mut self.buffers, &mut tape) {
+            Ok(()) => {
+                let value = tape.as_value();
+                match decode(value) {
+                    Ok(command) => on_line(Ok(command)),
+                    Err(e) => on_line(Err(LineError {
+                        request_id: value.get("request_id").and_then(Value::into_string),
+                        message: e.0,
+                    })),
+                }
+            }
+            Err(e) => on_line(Err(LineError {
+                request_id: None,
+                message: format!("invalid JSON: {e}"),
+            })),
+        };
+        self.tape = Some(tape.reset());
+        result
+    }
 }
 
 /// Decodes a parsed line into a command.
-pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
+pub fn decode<'v>(value: Value<'v, 'v>) -> Result<Command<'v>, CommandError> {
     if value.as_object().is_none() {
         return Err(CommandError("a line must be a JSON object".into()));
     }
     let action = value
         .get("action")
         .ok_or_else(|| CommandError("missing field 'action'".into()))?
-        .as_str()
+        .into_string()
         .ok_or_else(|| CommandError("field 'action' must be a string".into()))?;
     let params = value.get("params");
     let params = match params {
@@ -124,7 +164,9 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
     };
     let need = |name: &str| -> Result<Cow<'v, str>, CommandError> {
         match params.and_then(|p| p.get(name)) {
-            Some(Value::String(s)) => Ok(borrow_cow(s)),
+            Some(v) if v.as_str().is_some() => {
+                Ok(Cow::Borrowed(v.into_string().unwrap_or_default()))
+            }
             Some(_) => Err(CommandError(format!(
                 "{action}: params.{name} must be a string"
             ))),
@@ -133,7 +175,7 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
     };
     let optional = |name: &str| -> Result<Option<Cow<'v, str>>, CommandError> {
         match params.and_then(|p| p.get(name)) {
-            Some(Value::String(s)) => Ok(Some(borrow_cow(s))),
+            Some(v) if v.as_str().is_some() => Ok(v.into_string().map(Cow::Borrowed)),
             Some(v) if v.is_null() => Ok(None),
             None => Ok(None),
             Some(_) => Err(CommandError(format!(
@@ -160,9 +202,9 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
     };
     match action {
         "response" => {
-            let request_id = match value.get("request_id") {
-                Some(Value::String(s)) => borrow_cow(s),
-                _ => {
+            let request_id = match value.get("request_id").and_then(Value::into_string) {
+                Some(s) => Cow::Borrowed(s),
+                None => {
                     return Err(CommandError(
                         "response: missing string field 'request_id'".into(),
                     ))
@@ -185,6 +227,9 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
                 metadata,
             })
         }
+        "auth" => Ok(Command::Auth {
+            token: need("token")?,
+        }),
         "broadcast" => Ok(Command::Broadcast {
             message: message()?,
         }),
@@ -200,13 +245,8 @@ pub fn decode<'v>(value: &'v Value<'v>) -> Result<Command<'v>, CommandError> {
     }
 }
 
-/// A string of the parsed value, borrowed from it.
-fn borrow_cow(s: &str) -> Cow<'_, str> {
-    Cow::Borrowed(s)
-}
-
 /// A client context as JSON, serialised once per accepted client.
-pub fn context_json(client_id: &str, room_id: &str, metadata: Option<&Value<'_>>) -> Box<[u8]> {
+pub fn context_json(client_id: &str, room_id: &str, metadata: Option<Value<'_, '_>>) -> Box<[u8]> {
     let mut out = Vec::with_capacity(64 + client_id.len() + room_id.len());
     out.extend_from_slice(b"{\"client_id\":");
     push_str(&mut out, client_id);
@@ -329,12 +369,7 @@ mod tests {
 
     fn with_command<R>(line: &str, f: impl FnOnce(Result<Command<'_>, CommandError>) -> R) -> R {
         let mut bytes = line.as_bytes().to_vec();
-        let mut buffers = Buffers::default();
-        let result = match parse_line(&mut bytes, &mut buffers) {
-            Ok(value) => f(decode(&value)),
-            Err(e) => f(Err(e)),
-        };
-        result
+        LineParser::new().parse(&mut bytes, |c| f(c.map_err(|e| CommandError(e.message))))
     }
 
     #[test]
@@ -413,6 +448,7 @@ mod tests {
             ("[1]", "must be a JSON object"),
             (r#"{"params":{}}"#, "missing field 'action'"),
             (r#"{"action":"fly"}"#, "unknown action 'fly'"),
+            (r#"{"action":"auth","params":{}}"#, "missing params.token"),
             (
                 r#"{"action":"broadcast","params":{}}"#,
                 "missing params.message",

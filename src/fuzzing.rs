@@ -6,7 +6,7 @@
 //! does, and panics when an invariant breaks: a consumed count past the
 //! input, a buffer past its bound, a close code outside the allowed set.
 
-use crate::backend::{self, Command};
+use crate::backend::{self, Command, LineParser};
 use crate::ws::frame::{Event, FrameReader};
 use crate::ws::{encode, handshake};
 
@@ -151,19 +151,11 @@ pub fn connection(data: &[u8]) {
 /// The backend line parser and command decoder on arbitrary lines; every
 /// accepted command is carried out as far as encoding goes.
 pub fn backend_lines(data: &[u8]) {
-    let mut buffers = simd_json::Buffers::default();
+    let mut parser = LineParser::new();
     let mut owned = data.to_vec();
     for line in owned.split_mut(|b| *b == b'\n') {
-        let value = match backend::parse_line(line, &mut buffers) {
-            Ok(v) => v,
-            Err(e) => {
-                assert!(!e.0.is_empty());
-                continue;
-            }
-        };
-        let id = backend::request_id(&value).map(str::to_owned);
         let mut out = Vec::new();
-        match backend::decode(&value) {
+        parser.parse(line, |parsed| match parsed {
             Ok(Command::Response {
                 client_id,
                 room_id,
@@ -186,14 +178,17 @@ pub fn backend_lines(data: &[u8]) {
                 assert!(frame.len() >= message.as_bytes().len() + 2);
             }
             Ok(Command::Auth { .. }) => {}
-            Err(e) => backend::push_line_error(&mut out, id.as_deref(), &e.0),
-        }
+            Err(e) => {
+                assert!(!e.message.is_empty());
+                backend::push_line_error(&mut out, e.request_id, &e.message);
+            }
+        });
         // Every event line the broker writes is one line of valid JSON.
         if !out.is_empty() {
             assert_eq!(out.iter().filter(|b| **b == b'\n').count(), 1);
             let mut check = out.clone();
-            let mut scratch = simd_json::Buffers::default();
-            assert!(backend::parse_line(&mut check[..out.len() - 1], &mut scratch).is_ok());
+            let n = check.len() - 1;
+            assert!(simd_json::to_tape(&mut check[..n]).is_ok());
         }
     }
 }

@@ -35,7 +35,7 @@ use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use subtle::ConstantTimeEq;
 
-use crate::backend::{self, Command, Payload};
+use crate::backend::{self, Command, LineError, LineParser, Payload};
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::outq::{Flushed, OutQueue, Shared};
@@ -239,7 +239,7 @@ pub struct Server {
     next_heartbeat: Instant,
     next_serial: u64,
     scratch: Vec<u8>,
-    json_buffers: simd_json::Buffers,
+    line_parser: LineParser,
     dirty_clients: Vec<usize>,
     dirty_backends: Vec<usize>,
     /// Clients with unread input left after their turn's budget.
@@ -336,7 +336,7 @@ impl Server {
             close_deadlines: VecDeque::new(),
             next_serial: 1,
             scratch: vec![0; READ_CHUNK],
-            json_buffers: simd_json::Buffers::default(),
+            line_parser: LineParser::new(),
             dirty_clients: Vec::new(),
             dirty_backends: Vec::new(),
             read_again: Vec::new(),
@@ -620,12 +620,12 @@ impl Server {
     }
 
     /// The first line of a backend when `--backend-token` is set.
-    fn authenticate(&mut self, key: usize, command: Result<Command<'_>, String>) {
+    fn authenticate(&mut self, key: usize, command: Option<Command<'_>>) {
         let Some(token) = self.config.backend_token.as_deref() else {
             return;
         };
         let presented = match command {
-            Ok(Command::Auth { token }) => Some(token),
+            Some(Command::Auth { token }) => Some(token),
             _ => None,
         };
         let good = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
@@ -1218,7 +1218,7 @@ impl Server {
     /// Carries out every complete line at the start of `buf`; returns the
     /// bytes consumed (everything up to the last newline).
     fn backend_lines(&mut self, key: usize, buf: &mut [u8]) -> usize {
-        let mut buffers = std::mem::take(&mut self.json_buffers);
+        let mut parser = std::mem::take(&mut self.line_parser);
         let mut start = 0;
         let max_line = self.config.max_line_size;
         while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
@@ -1234,27 +1234,21 @@ impl Server {
             if !self.backends.get(key).is_some_and(|b| !b.closing) {
                 break;
             }
-            self.backend_line(key, line, &mut buffers);
+            parser.parse(line, |line| self.backend_line(key, line));
         }
-        self.json_buffers = buffers;
+        self.line_parser = parser;
         start
     }
 
-    fn backend_line(&mut self, key: usize, line: &mut [u8], buffers: &mut simd_json::Buffers) {
+    fn backend_line(&mut self, key: usize, line: Result<Command<'_>, LineError<'_>>) {
         let authenticated = self.backends.get(key).is_some_and(|b| b.authenticated);
-        let value = match backend::parse_line(line, buffers) {
-            Ok(v) => v,
-            Err(e) if !authenticated => return self.authenticate(key, Err(e.0)),
-            Err(e) => return self.reply_line_error(key, None, &e.0),
-        };
-        let command = match backend::decode(&value) {
-            Ok(c) => c,
-            Err(e) if !authenticated => return self.authenticate(key, Err(e.0)),
-            Err(e) => return self.reply_line_error(key, backend::request_id(&value), &e.0),
-        };
         if !authenticated {
-            return self.authenticate(key, Ok(command));
+            return self.authenticate(key, line.ok());
         }
+        let command = match line {
+            Ok(c) => c,
+            Err(e) => return self.reply_line_error(key, e.request_id, &e.message),
+        };
         match command {
             // Without a token, or once authenticated, an auth line is a no-op.
             Command::Auth { .. } => {}
