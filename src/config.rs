@@ -54,9 +54,9 @@ pub struct Args {
     #[argh(option, default = "MIB")]
     pub max_message_size: usize,
 
-    /// bytes that may wait in one client's send queue; a client that falls
-    /// further behind is closed with 1008 (one larger message still goes to
-    /// a client whose queue is empty) (default 4194304)
+    /// bytes a client may leave unread behind the message it is receiving
+    /// (checked after each write); a client further behind is closed with
+    /// 1008 (default 4194304)
     #[argh(option, default = "4 * MIB")]
     pub max_outbound_bytes: usize,
 
