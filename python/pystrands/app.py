@@ -145,7 +145,7 @@ class PyStrands:
     def broadcast_message(self, message: Message) -> Awaitable[None]:
         """Send ``message`` to every connected client."""
         client = self.client
-        client._write(protocol.encode_broadcast(message, str(next(client._ids))))
+        client._write(protocol.encode_broadcast(message, client._next_id()))
         return self._sent()
 
     broadcast = broadcast_message
@@ -153,13 +153,13 @@ class PyStrands:
     def send_room_message(self, room_id: str, message: Message) -> Awaitable[None]:
         """Send ``message`` to every client in ``room_id``."""
         client = self.client
-        client._write(protocol.encode_room_message(room_id, message, str(next(client._ids))))
+        client._write(protocol.encode_room_message(room_id, message, client._next_id()))
         return self._sent()
 
     def send_private_message(self, client_id: str, message: Message) -> Awaitable[None]:
         """Send ``message`` to every connection of ``client_id``."""
         client = self.client
-        client._write(protocol.encode_private_message(client_id, message, str(next(client._ids))))
+        client._write(protocol.encode_private_message(client_id, message, client._next_id()))
         return self._sent()
 
     # ------------------------------------------------------------------ running

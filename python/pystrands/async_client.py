@@ -51,19 +51,25 @@ __all__ = ["AsyncPyStrandsClient"]
 logger = logging.getLogger("pystrands.async_client")
 
 _FLUSH_BYTES = 64 * 1024
+_RECV_SIZE = 256 * 1024
 #: Queued events (received, not yet handled) above which the client stops
 #: reading from the broker until the consumer has caught up by half.
 _MAX_BACKLOG = 100_000
 
 
 
-class _BrokerConnection(asyncio.Protocol):
-    """One TCP connection to the broker; forwards everything to the client."""
+class _BrokerConnection(asyncio.BufferedProtocol):
+    """One TCP connection to the broker; forwards everything to the client.
+
+    A BufferedProtocol: the loop reads into one reused 256 KiB buffer, where a
+    plain Protocol would get a freshly allocated bytes object per read (which
+    CPython maps and unmaps from the OS at that size)."""
 
     def __init__(self, client: "AsyncPyStrandsClient") -> None:
         self.client = client
         self.transport: Optional[asyncio.Transport] = None
         self.lines = protocol.LineBuffer()
+        self.buffer = bytearray(_RECV_SIZE)
         self.write_paused = False
         self.drain_waiters: List["asyncio.Future[None]"] = []
         self.closed: "asyncio.Future[None]" = client._loop.create_future()  # type: ignore[union-attr]
@@ -71,9 +77,12 @@ class _BrokerConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return self.buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
         try:
-            lines = self.lines.feed(data)
+            lines = self.lines.feed_from(self.buffer, nbytes)
         except ProtocolError as exc:
             logger.error("%s; dropping the connection", exc)
             if self.transport is not None:
@@ -139,13 +148,15 @@ class AsyncPyStrandsClient:
         self._out: List[bytes] = []
         self._out_bytes = 0
         self._flush_handle: Optional[asyncio.Handle] = None
-        self._inbox: Optional[Deque[Dict[str, Any]]] = None
+        # Events for the consumer task: (message, Context) tuples for text
+        # messages (the fast path), envelope dicts for everything else.
+        self._inbox: Optional[Deque[Any]] = None
         self._wakeup: Optional["asyncio.Future[None]"] = None
         self._consumer: Optional["asyncio.Task[None]"] = None
         self._reconnect_task: Optional["asyncio.Task[None]"] = None
         self._tasks: Set["asyncio.Task[Any]"] = set()
         self._reading_paused = False
-        self._ids = count(1)
+        self._next_id = map(str, count(1)).__next__  # request ids "1", "2", ...
 
     # ------------------------------------------------------------------ connection
 
@@ -300,21 +311,21 @@ class AsyncPyStrandsClient:
 
     async def broadcast_message(self, message: Message) -> None:
         """Send ``message`` to every connected WebSocket client."""
-        self._write(protocol.encode_broadcast(message, str(next(self._ids))))
+        self._write(protocol.encode_broadcast(message, self._next_id()))
         conn = self._conn
         if conn is not None and conn.write_paused:
             await self._drain()
 
     async def send_room_message(self, room_id: str, message: Message) -> None:
         """Send ``message`` to every client in ``room_id``."""
-        self._write(protocol.encode_room_message(room_id, message, str(next(self._ids))))
+        self._write(protocol.encode_room_message(room_id, message, self._next_id()))
         conn = self._conn
         if conn is not None and conn.write_paused:
             await self._drain()
 
     async def send_private_message(self, client_id: str, message: Message) -> None:
         """Send ``message`` to every connection whose client_id is ``client_id``."""
-        self._write(protocol.encode_private_message(client_id, message, str(next(self._ids))))
+        self._write(protocol.encode_private_message(client_id, message, self._next_id()))
         conn = self._conn
         if conn is not None and conn.write_paused:
             await self._drain()
@@ -374,7 +385,12 @@ class AsyncPyStrandsClient:
         before = len(inbox)
         append = inbox.append
         decode = protocol.decode
+        fast = protocol.decode_new_message
         for line in lines:
+            known = fast(line)
+            if known is not None:
+                append(known)  # (message, context) of a text new_message
+                continue
             if not line:
                 continue
             try:
@@ -448,7 +464,7 @@ class AsyncPyStrandsClient:
 
     def _reject_after_error(self, request_id: str, request: ConnectionRequestContext) -> None:
         logger.exception(
-            "on_connection_request raised; rejecting the connection from %s to %s",
+            "on_connection_request failed; rejecting the connection from %s to %s",
             request.remote_addr,
             request.url,
         )
@@ -457,13 +473,12 @@ class AsyncPyStrandsClient:
         except NotConnectedError as exc:
             logger.warning("could not answer a connection request: %s", exc)
 
-    async def _consume(self, inbox: Deque[Dict[str, Any]]) -> None:
+    async def _consume(self, inbox: Deque[Any]) -> None:
         """The one task that runs the event handlers, in order."""
         loop = self._loop
         assert loop is not None
         popleft = inbox.popleft
         coroutine = CoroutineType
-        make_context = Context
         while self._inbox is inbox:
             if not inbox:
                 if self._reading_paused:
@@ -473,35 +488,38 @@ class AsyncPyStrandsClient:
                 continue
             event = popleft()
             try:
-                params = event["params"]
-                action = event["action"]
-                if action == "new_message":
-                    c = params["context"]
-                    message = params["message"]
-                    if "binary" in params and params["binary"] is True:
-                        message = decode_binary(message)
-                    result = self.on_message(
-                        message, make_context(c["client_id"], c["room_id"], c["metadata"])
-                    )
-                elif action == "new_connection":
-                    result = self.on_new_connection(protocol.context_from_params(params))
-                elif action == "disconnected":
-                    result = self.on_disconnect(protocol.context_from_params(params))
-                elif action == "error":
-                    result = self.on_error(
-                        params.get("error", ""), protocol.context_from_params(params)
-                    )
+                if type(event) is tuple:
+                    result = self.on_message(event[0], event[1])
                 else:
-                    continue
+                    result = self._handle_event(event)
                 if result is not None:
                     if type(result) is coroutine or isawaitable(result):
                         await result
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("handler for a %r event raised", event.get("action"))
+                action = "new_message" if type(event) is tuple else event.get("action")
+                logger.exception("handler for a %r event raised", action)
             if self._reading_paused and len(inbox) <= _MAX_BACKLOG // 2:
                 self._resume_reading()
+
+    def _handle_event(self, event: Dict[str, Any]) -> Any:
+        """Call the handler of an event that is not a plain text message."""
+        params = event["params"]
+        action = event["action"]
+        if action == "new_message":
+            c = params["context"]
+            message = params["message"]
+            if "binary" in params and params["binary"] is True:
+                message = decode_binary(message)
+            return self.on_message(message, Context(c["client_id"], c["room_id"], c["metadata"]))
+        if action == "new_connection":
+            return self.on_new_connection(protocol.context_from_params(params))
+        if action == "disconnected":
+            return self.on_disconnect(protocol.context_from_params(params))
+        if action == "error":
+            return self.on_error(params.get("error", ""), protocol.context_from_params(params))
+        return None
 
     def _resume_reading(self) -> None:
         self._reading_paused = False

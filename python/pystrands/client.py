@@ -2,34 +2,38 @@
 
 Threading model
 ---------------
-A connected client runs two threads of its own (both daemon threads):
+A connected client runs two daemon threads of its own:
 
-- the **reader** owns the socket's read side. It reads large chunks, splits
-  and decodes every line of a chunk at once (:mod:`pystrands.protocol`), and
-  answers ``connection_request`` events itself, *inline*: it calls
-  ``on_connection_request`` and writes the ``response`` at once. Every other
-  event of the chunk goes, as one batch, to the worker. Because the reader
-  never runs ``on_message`` and friends, a slow message handler cannot delay
-  the answer to a connection request past the broker's ``--connect-timeout``.
-  After a lost connection the reader also runs the reconnect loop.
-- the **worker** runs ``on_new_connection``/``on_connect``, ``on_message``,
-  ``on_disconnect`` and ``on_error``, one at a time, in the order the broker
-  sent the events (so per-client order holds end to end).
+- the **dispatcher** reads from the broker and runs every handler. Each
+  ``recv`` brings a chunk of up to 256 KiB; all its lines are decoded at once
+  (:mod:`pystrands.protocol`); ``connection_request`` events are answered
+  first (``on_connection_request``, response written at once), then the other
+  events' handlers run one at a time, in the order the broker sent them, and
+  whatever they sent is written with one ``sendall``. One thread, no
+  hand-off between threads on the hot path.
+- the **watchdog** sleeps. When it sees that the same batch of handlers has
+  been running for more than :attr:`PyStrandsClient.takeover_after` seconds
+  (0.05 by default; a slow ``on_message``, say a 2 s database call), it takes
+  over the reading: it answers connection requests itself, at once, and
+  queues the other events for the dispatcher, which handles them in order
+  when it is free again and then resumes reading itself. So a slow handler
+  never makes the broker time a connection request out (``--connect-timeout``,
+  5 s by default), and per-client order still holds end to end.
 
-So ``on_connection_request`` runs concurrently with the other handlers: state
-they share needs a lock. Handlers run one at a time per kind of thread, never
-two ``on_message`` calls at once.
+Only one thread reads at a time (a lock hands the socket over), and handlers
+other than ``on_connection_request`` only ever run on the dispatcher, never two
+at once. ``on_connection_request`` may run on the watchdog while another
+handler is running on the dispatcher: state the two share needs a lock.
 
 Sending
 -------
-The send methods may be called from any thread. Lines sent by a handler on
-the worker thread are collected and written with one ``sendall`` once the
-worker has run out of queued events (or after 64 KiB): many messages, one
-system call. Consequently a handler that sends and then blocks for a long time
-holds back what it sent until it returns; call :meth:`PyStrandsClient.flush`
-before blocking work if that matters. Lines sent from any other thread are
-written before the send method returns. Sending while not connected (before
-``connect()``, after ``disconnect()``, or while reconnecting) raises
+The send methods may be called from any thread. Lines sent from a handler on
+the dispatcher are collected and written with one ``sendall`` after the
+batch (or once 64 KiB are pending): many messages, one system call. A handler
+that sends and then blocks for long can call :meth:`PyStrandsClient.flush`
+first. Lines sent from any other thread are written before the send method
+returns. Sending while not connected (before ``connect()``, after
+``disconnect()``, or while reconnecting) raises
 :class:`~pystrands.errors.NotConnectedError`.
 
 Reconnecting
@@ -45,29 +49,36 @@ them, in order, after the reconnect.
 from __future__ import annotations
 
 import logging
-import queue
 import random
+import select
 import socket
 import threading
+from collections import deque
 from itertools import count
 from threading import get_ident
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Deque, Dict, List, Optional, Union
 
 from . import protocol
-from .protocol import Message, decode_binary
 from .context import ConnectionRequestContext, Context
 from .errors import NotConnectedError, ProtocolError, PyStrandsConnectionError
+from .protocol import Message, decode_binary
 
 __all__ = ["PyStrandsClient"]
 
 logger = logging.getLogger("pystrands.client")
 
-_STOP = object()  # worker sentinel
 _RECV_SIZE = 256 * 1024
 _FLUSH_BYTES = 64 * 1024
-#: Events received but not yet handled by the worker before the reader stops
-#: reading (TCP back-pressure on the broker, which queues or sheds load).
+#: Events the watchdog may queue for a busy dispatcher before it stops reading
+#: (TCP back-pressure on the broker, which queues or sheds load).
 _MAX_BACKLOG = 100_000
+
+
+class _Session:
+    """Identity of one connect()..disconnect() span; its threads exit when
+    the client's current session is no longer theirs."""
+
+    __slots__ = ()
 
 
 class PyStrandsClient:
@@ -77,6 +88,11 @@ class PyStrandsClient:
     ``run_forever()`` (see the module documentation for which thread runs
     what).
     """
+
+    #: Seconds one batch of handlers may run before the watchdog thread takes
+    #: over reading, so that connection requests are still answered. Keep it
+    #: well below the broker's ``--connect-timeout``.
+    takeover_after: float = 0.05
 
     def __init__(
         self,
@@ -97,24 +113,28 @@ class PyStrandsClient:
         self.connected = False
 
         self._sock: Optional[socket.socket] = None
+        self._lines = protocol.LineBuffer()  # of the current socket; fed under _read_role
+        self._recv_buffer = bytearray(_RECV_SIZE)  # reused by whichever thread reads
+        self._link_down: Optional[socket.socket] = None  # the watchdog saw EOF/error on it
         self._state_lock = threading.RLock()  # connect/disconnect/reconnect transitions
         self._send_lock = threading.Lock()  # one writer on the socket at a time
+        self._read_role = threading.Lock()  # held by the thread that may recv
         self._closing = threading.Event()  # disconnect() was called
         self._done = threading.Event()  # run_forever() may return
         self._lost = False  # connection lost and not reconnecting
-        self._reader: Optional[threading.Thread] = None
-        self._worker: Optional[threading.Thread] = None
-        self._worker_ident: Optional[int] = None
-        # Batches of events for the current worker; None when no worker should
-        # run. A worker stops dispatching as soon as this is no longer its inbox.
-        self._inbox: "Optional[queue.SimpleQueue[Any]]" = None
-        self._pending: List[bytes] = []  # worker-only write buffer
-        self._pending_bytes = 0
-        self._received = 0  # events handed to the worker (written by the reader only)
-        self._handled = 0  # events the worker finished (written by the worker only)
-        self._backlog_ok = threading.Event()
-        self._backlog_ok.set()
-        self._ids = count(1)
+        self._session: Optional[_Session] = None
+        self._dispatcher: Optional[threading.Thread] = None
+        self._watchdog: Optional[threading.Thread] = None
+        self._dispatch_ident: Optional[int] = None
+        self._in_dispatch = False
+        self._dispatch_seq = 0
+        # Events the watchdog read while the dispatcher was busy.
+        self._cv = threading.Condition(threading.Lock())
+        self._backlog: Deque[Dict[str, Any]] = deque()
+        self._watchdog_reading = False
+        self._out: List[bytes] = []  # dispatcher-only write buffer
+        self._out_bytes = 0
+        self._next_id = map(str, count(1)).__next__  # request ids "1", "2", ...
 
     # ------------------------------------------------------------------ connection
 
@@ -151,32 +171,29 @@ class PyStrandsClient:
         self._closing.set()
         with self._state_lock:
             sock = self._sock
-            reader, worker = self._reader, self._worker
-            inbox, self._inbox = self._inbox, None  # the worker stops dispatching
-            self._backlog_ok.set()
+            dispatcher, watchdog = self._dispatcher, self._watchdog
+            self._session = None  # threads stop dispatching and reading
         if sock is not None:
             try:
-                sock.shutdown(socket.SHUT_RD)  # wakes the reader's recv()
+                sock.shutdown(socket.SHUT_RD)  # wakes a recv() or select()
             except OSError:
                 pass
-        if inbox is not None:
-            inbox.put(_STOP)  # wakes the worker if it is idle
-        if worker is not None:
-            if worker.ident == me:
-                self.flush()  # we are the worker: write what this handler sent
+        with self._cv:
+            self._cv.notify_all()
+        if dispatcher is not None:
+            if dispatcher.ident == me:
+                self.flush()  # inside a handler: write what it sent so far
             else:
-                worker.join(timeout)
-                if worker.is_alive():
+                dispatcher.join(timeout)
+                if dispatcher.is_alive():
                     logger.warning(
                         "disconnect: a handler is still running after %.1f s; closing anyway",
                         timeout,
                     )
-        if reader is not None and reader.ident != me:
-            reader.join(timeout)
+        if watchdog is not None and watchdog.ident != me:
+            watchdog.join(timeout)
         with self._state_lock:
             self._detach()
-            if self._worker is worker:
-                self._worker = None
             self._done.set()
         logger.info("disconnected from the broker")
 
@@ -198,7 +215,7 @@ class PyStrandsClient:
                         )
                     self._closing.clear()
                     self._done.clear()
-                    self._start_threads()  # the reader's loop reconnects
+                    self._start_threads()  # the dispatcher's loop reconnects
         try:
             while not self._done.wait(0.5):
                 pass
@@ -212,8 +229,8 @@ class PyStrandsClient:
             )
 
     def _reconnecting(self) -> bool:
-        reader = self._reader
-        return reader is not None and reader.is_alive() and not self._closing.is_set()
+        dispatcher = self._dispatcher
+        return dispatcher is not None and dispatcher.is_alive() and not self._closing.is_set()
 
     def _open_socket(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=10.0)
@@ -222,9 +239,11 @@ class PyStrandsClient:
         return sock
 
     def _attach(self, sock: socket.socket) -> None:
-        with self._send_lock:
-            self._sock = sock
-        self.connected = True
+        with self._read_role:  # nobody is reading the old socket's buffer now
+            self._lines = protocol.LineBuffer()
+            with self._send_lock:
+                self._sock = sock
+            self.connected = True
 
     def _detach(self, only: Optional[socket.socket] = None) -> bool:
         """Forget the current socket (if it is ``only``, when given) and close it."""
@@ -241,73 +260,67 @@ class PyStrandsClient:
         return True
 
     def _start_threads(self) -> None:
-        if self._inbox is None:
-            # (a worker stopped by disconnect() may still be finishing a slow
-            # handler: it keeps its old inbox, the new worker gets a new one)
-            self._inbox = inbox = queue.SimpleQueue()
-            self._received = self._handled = 0
-            self._worker = threading.Thread(
-                target=self._worker_main, args=(inbox,), name="pystrands-worker", daemon=True
+        if self._session is None:
+            self._session = session = _Session()
+            with self._cv:
+                self._backlog.clear()
+            self._dispatcher = threading.Thread(
+                target=self._dispatcher_main, args=(session,), name="pystrands-dispatch", daemon=True
             )
-            self._worker.start()
-        if self._reader is None or not self._reader.is_alive():
-            self._reader = threading.Thread(
-                target=self._reader_main, name="pystrands-reader", daemon=True
+            self._watchdog = threading.Thread(
+                target=self._watchdog_main, args=(session,), name="pystrands-watchdog", daemon=True
             )
-            self._reader.start()
+            self._dispatcher.start()
+            self._watchdog.start()
 
     # ------------------------------------------------------------------ sending
 
     def broadcast_message(self, message: Message) -> None:
-        """Send ``message`` to every connected WebSocket client."""
-        self._send(protocol.encode_broadcast(message, str(next(self._ids))))
+        """Send ``message`` to every connected WebSocket client (bytes: binary)."""
+        self._send(protocol.encode_broadcast(message, self._next_id()))
 
     def send_room_message(self, room_id: str, message: Message) -> None:
         """Send ``message`` to every client in ``room_id``."""
-        self._send(protocol.encode_room_message(room_id, message, str(next(self._ids))))
+        self._send(protocol.encode_room_message(room_id, message, self._next_id()))
 
     def send_private_message(self, client_id: str, message: Message) -> None:
         """Send ``message`` to every connection whose client_id is ``client_id``."""
-        self._send(protocol.encode_private_message(client_id, message, str(next(self._ids))))
+        self._send(protocol.encode_private_message(client_id, message, self._next_id()))
 
     def flush(self) -> None:
-        """Write what handlers on the worker thread sent so far.
+        """Write what handlers sent so far in this batch.
 
         Only needed inside a handler that sends and then blocks for long; the
-        worker flushes by itself whenever it runs out of queued events.
+        dispatcher flushes by itself after every batch.
         """
-        if get_ident() == self._worker_ident and self._pending:
-            self._flush_pending()
+        if get_ident() == self._dispatch_ident and self._out:
+            self._flush_out()
 
     def _send(self, data: bytes) -> None:
         if not self.connected:
-            raise NotConnectedError(
-                f"not connected to the broker at {self.host}:{self.port}"
-            )
-        if get_ident() == self._worker_ident:
-            self._pending.append(data)
-            self._pending_bytes += len(data)
-            if self._pending_bytes >= _FLUSH_BYTES:
-                self._flush_pending()
+            raise NotConnectedError(f"not connected to the broker at {self.host}:{self.port}")
+        if get_ident() == self._dispatch_ident:
+            self._out.append(data)
+            self._out_bytes += len(data)
+            if self._out_bytes >= _FLUSH_BYTES:
+                self._flush_out()
             return
         with self._send_lock:
             sock = self._sock
             if sock is None:
-                raise NotConnectedError(
-                    f"not connected to the broker at {self.host}:{self.port}"
-                )
+                raise NotConnectedError(f"not connected to the broker at {self.host}:{self.port}")
             try:
                 sock.sendall(data)
             except OSError as exc:
                 self._write_failed(sock, exc)
                 raise PyStrandsConnectionError(f"connection to the broker lost: {exc}") from exc
 
-    def _flush_pending(self) -> None:
-        """Worker thread only: write the batch buffer with one sendall."""
-        pending = self._pending
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        pending.clear()
-        self._pending_bytes = 0
+    def _flush_out(self) -> None:
+        """Dispatcher only: write its buffer with one sendall."""
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        self._out_bytes = 0
         with self._send_lock:
             sock = self._sock
             if sock is None:
@@ -320,7 +333,7 @@ class PyStrandsClient:
                 logger.warning("connection lost: %d bytes sent by handlers were not delivered", len(data))
 
     def _write_failed(self, sock: socket.socket, exc: OSError) -> None:
-        """Called with _send_lock held: make the reader notice the dead socket."""
+        """Called with _send_lock held: make the reading thread notice."""
         logger.warning("write to the broker failed: %s", exc)
         if self._sock is sock:
             self.connected = False
@@ -329,42 +342,43 @@ class PyStrandsClient:
         except OSError:
             pass
 
-    # ------------------------------------------------------------------ reader thread
+    # ------------------------------------------------------------------ dispatcher thread
 
-    def _reader_main(self) -> None:
-        while True:
-            sock = self._sock
-            if sock is not None:
-                try:
-                    self._read_loop(sock)
-                except Exception:  # a bug in a handler path must not kill reconnects
-                    logger.exception("reader stopped by an unexpected error")
+    def _dispatcher_main(self, session: _Session) -> None:
+        self._dispatch_ident = get_ident()
+        try:
+            while self._session is session:
+                sock = self._sock
+                if sock is not None:
+                    try:
+                        self._serve(sock, session)
+                    except Exception:  # a bug must not end the reconnect loop
+                        logger.exception("dispatcher stopped by an unexpected error")
+                    if self._out and self._dispatch_ident == get_ident():
+                        self._flush_out()
+                    with self._state_lock:
+                        lost = self._detach(only=sock) if self._session is session else False
+                    if lost:
+                        logger.warning("connection to the broker at %s:%s lost", self.host, self.port)
                 with self._state_lock:
-                    lost = self._detach(only=sock)
-                if lost and not self._closing.is_set():
-                    logger.warning("connection to the broker at %s:%s lost", self.host, self.port)
-            with self._state_lock:
-                if self._closing.is_set():
-                    self._reader = None
-                    return
-                if self._sock is not None:
-                    continue  # connect() was called meanwhile
-                if not self.auto_reconnect:
-                    self._lost = True
-                    self._reader = None
-                    self._done.set()
-                    return
-            if not self._reconnect_with_backoff():
-                with self._state_lock:
-                    if self._sock is None or self._closing.is_set():
-                        self._reader = None
+                    if self._session is not session:
                         return
+                    if self._sock is not None:
+                        continue  # connect() was called meanwhile
+                    if not self.auto_reconnect:
+                        self._lost = True
+                        self._session = None
+                        self._done.set()
+                        return
+                self._reconnect_with_backoff(session)
+        finally:
+            if self._dispatch_ident == get_ident():
+                self._dispatch_ident = None
 
-    def _reconnect_with_backoff(self) -> bool:
+    def _reconnect_with_backoff(self, session: _Session) -> bool:
         delay = max(0.0, float(self.reconnect_delay))
-        while not self._closing.is_set():
-            wait = delay * random.uniform(0.5, 1.0)
-            if self._closing.wait(wait):
+        while self._session is session:
+            if self._closing.wait(delay * random.uniform(0.5, 1.0)):
                 return False
             if self._sock is not None:
                 return True  # connect() was called meanwhile
@@ -374,56 +388,93 @@ class PyStrandsClient:
                 logger.info("reconnect to %s:%s failed: %s", self.host, self.port, exc)
             else:
                 with self._state_lock:
-                    if self._closing.is_set() or self._sock is not None:
+                    if self._session is not session or self._sock is not None:
                         sock.close()
-                        return not self._closing.is_set()
+                        return self._session is session
                     self._attach(sock)
                 logger.info("reconnected to the broker at %s:%s", self.host, self.port)
                 return True
             delay = min(max(delay, 0.01) * self.reconnect_backoff, self.max_reconnect_delay)
         return False
 
-    def _read_loop(self, sock: socket.socket) -> None:
-        lines_of = protocol.LineBuffer().feed
-        decode = protocol.decode
-        recv = sock.recv
-        backlog_ok = self._backlog_ok
+    def _serve(self, sock: socket.socket, session: _Session) -> None:
+        """Read and dispatch until the connection ends or the session stops."""
+        recv_into = sock.recv_into
+        buffer = self._recv_buffer
+        read_role = self._read_role
+        route = self._route
+        dispatch = self._dispatch
+        dispatch_lines = self._dispatch_lines
         while True:
-            try:
-                data = recv(_RECV_SIZE)
-            except OSError:
-                return
-            if not data:
-                return
-            try:
-                lines = lines_of(data)
-            except ProtocolError as exc:
-                logger.error("%s; dropping the connection", exc)
-                return
-            batch = []
-            for line in lines:
-                if not line:
-                    continue
-                try:
-                    event = decode(line)
-                except ProtocolError as exc:
-                    logger.error("%s", exc)
-                    continue
-                action = event.get("action")
-                if action == "connection_request":
-                    self._answer_connection_request(event)
-                elif action != "heartbeat":
-                    batch.append(event)
-            if batch:
-                inbox = self._inbox
-                if inbox is None:  # disconnect() in progress
+            if not read_role.acquire(False):
+                # The watchdog is reading for us (we were busy): take its events.
+                if not self._take_backlog(session):
                     return
-                self._received += len(batch)
-                inbox.put(batch)
-                if self._received - self._handled > _MAX_BACKLOG:
-                    backlog_ok.clear()
-                    if self._received - self._handled > _MAX_BACKLOG:
-                        backlog_ok.wait()
+                continue
+            try:
+                if self._link_down is sock or self._session is not session:
+                    return
+                try:
+                    size = recv_into(buffer)
+                except OSError:
+                    return
+                if not size:
+                    return
+                try:
+                    lines = self._lines.feed_from(buffer, size)
+                except ProtocolError as exc:
+                    logger.error("%s; dropping the connection", exc)
+                    return
+                request_in_chunk = '"connection_request"' in self._lines.text
+            finally:
+                read_role.release()
+            if request_in_chunk:
+                # Answer every connection request of the chunk before any
+                # handler runs (a slow one must not hold an answer back).
+                events = route(lines)
+                if self._out:
+                    self._flush_out()
+                if events:
+                    dispatch(events, session)
+            elif lines:
+                dispatch_lines(lines, session)
+            if self._out and self._session is session:
+                self._flush_out()
+
+    def _take_backlog(self, session: _Session) -> bool:
+        cv = self._cv
+        with cv:
+            while not self._backlog and self._watchdog_reading and self._session is session:
+                cv.wait(0.1)
+            if self._session is not session:
+                return False
+            batch = list(self._backlog)
+            self._backlog.clear()
+            cv.notify_all()  # the watchdog may be waiting for room
+        if batch:
+            self._dispatch(batch, session)
+            if self._out and self._session is session:
+                self._flush_out()
+        return True
+
+    def _route(self, lines: List[str]) -> List[Dict[str, Any]]:
+        """Decode lines; answer connection requests; return the other events."""
+        events = []
+        decode = protocol.decode
+        for line in lines:
+            if not line:
+                continue
+            try:
+                event = decode(line)
+            except ProtocolError as exc:
+                logger.error("%s", exc)
+                continue
+            action = event.get("action")
+            if action == "connection_request":
+                self._answer_connection_request(event)
+            elif action != "heartbeat":
+                events.append(event)
+        return events
 
     def _answer_connection_request(self, event: Dict[str, Any]) -> None:
         request_id = event.get("request_id")
@@ -437,7 +488,7 @@ class PyStrandsClient:
             line = protocol.encode_response(request_id, accepted, request.context)
         except Exception:
             logger.exception(
-                "on_connection_request raised; rejecting the connection from %s to %s",
+                "on_connection_request failed; rejecting the connection from %s to %s",
                 request.remote_addr,
                 request.url,
             )
@@ -447,65 +498,156 @@ class PyStrandsClient:
         except PyStrandsConnectionError as exc:
             logger.warning("could not answer a connection request: %s", exc)
 
-    # ------------------------------------------------------------------ worker thread
-
-    def _worker_main(self, inbox: "queue.SimpleQueue[Any]") -> None:
-        self._worker_ident = get_ident()
-        get = inbox.get
-        empty = inbox.empty
-        dispatch = self._dispatch
-        backlog_ok = self._backlog_ok
-        try:
-            while True:
-                batch = get()
-                if batch is _STOP or self._inbox is not inbox:
-                    break
-                dispatch(batch, inbox)
-                self._handled += len(batch)
-                if not backlog_ok.is_set() and self._received - self._handled <= _MAX_BACKLOG // 2:
-                    backlog_ok.set()
-                if self._pending and empty():
-                    self._flush_pending()
-            if self._pending and self._worker_ident == get_ident():
-                self._flush_pending()
-        finally:
-            if self._worker_ident == get_ident():
-                self._worker_ident = None
-
-    def _dispatch(self, batch: List[Dict[str, Any]], inbox: object) -> None:
+    def _dispatch_lines(self, lines: List[str], session: _Session) -> None:
+        """The hot path: decode and handle the lines of a chunk that holds no
+        connection request, in one pass."""
+        self._dispatch_seq += 1
+        self._in_dispatch = True
         on_message = self.on_message
         make_context = Context
-        for event in batch:
-            if self._inbox is not inbox:  # disconnect() was called
+        decode = protocol.decode
+        fast = protocol.decode_new_message
+        try:
+            for line in lines:
+                if self._session is not session:  # disconnect() was called
+                    return
+                try:
+                    known = fast(line)
+                    if known is not None:
+                        on_message(known[0], known[1])
+                        continue
+                    event = decode(line)
+                    params = event["params"]
+                    action = event["action"]
+                    if action == "new_message":
+                        c = params["context"]
+                        message = params["message"]
+                        if "binary" in params and params["binary"] is True:
+                            message = decode_binary(message)
+                        on_message(message, make_context(c["client_id"], c["room_id"], c["metadata"]))
+                    elif action == "heartbeat":
+                        pass
+                    elif action == "new_connection":
+                        self.on_new_connection(protocol.context_from_params(params))
+                    elif action == "disconnected":
+                        self.on_disconnect(protocol.context_from_params(params))
+                    elif action == "error":
+                        self.on_error(params.get("error", ""), protocol.context_from_params(params))
+                except ProtocolError as exc:
+                    if line:
+                        logger.error("%s", exc)
+                except Exception:
+                    logger.exception("handler for a line from the broker raised: %.200s", line)
+        finally:
+            self._in_dispatch = False
+
+    def _dispatch(self, batch: List[Dict[str, Any]], session: _Session) -> None:
+        self._dispatch_seq += 1
+        self._in_dispatch = True
+        on_message = self.on_message
+        make_context = Context
+        try:
+            for event in batch:
+                if self._session is not session:  # disconnect() was called
+                    return
+                try:
+                    params = event["params"]
+                    action = event["action"]
+                    if action == "new_message":
+                        c = params["context"]
+                        message = params["message"]
+                        if "binary" in params and params["binary"] is True:
+                            message = decode_binary(message)
+                        on_message(message, make_context(c["client_id"], c["room_id"], c["metadata"]))
+                    elif action == "new_connection":
+                        self.on_new_connection(protocol.context_from_params(params))
+                    elif action == "disconnected":
+                        self.on_disconnect(protocol.context_from_params(params))
+                    elif action == "error":
+                        self.on_error(params.get("error", ""), protocol.context_from_params(params))
+                except Exception:
+                    logger.exception("handler for a %r event raised", event.get("action"))
+        finally:
+            self._in_dispatch = False
+
+    # ------------------------------------------------------------------ watchdog thread
+
+    def _watchdog_main(self, session: _Session) -> None:
+        last_seq = -1
+        while self._session is session:
+            if self._closing.wait(self.takeover_after):
                 return
-            try:
-                params = event["params"]
-                action = event["action"]
-                if action == "new_message":
-                    c = params["context"]
-                    message = params["message"]
-                    if "binary" in params and params["binary"] is True:
-                        message = decode_binary(message)
-                    on_message(message, make_context(c["client_id"], c["room_id"], c["metadata"]))
-                elif action == "new_connection":
-                    self.on_new_connection(protocol.context_from_params(params))
-                elif action == "disconnected":
-                    self.on_disconnect(protocol.context_from_params(params))
-                elif action == "error":
-                    self.on_error(params.get("error", ""), protocol.context_from_params(params))
-            except Exception:
-                logger.exception("handler for a %r event raised", event.get("action"))
+            seq = self._dispatch_seq
+            if self._in_dispatch and seq == last_seq:
+                sock = self._sock
+                if sock is not None:
+                    # Announce before taking the socket, so that a dispatcher
+                    # that finds it taken waits instead of spinning.
+                    with self._cv:
+                        self._watchdog_reading = True
+                    if self._read_role.acquire(False):
+                        self._read_for_dispatcher(sock, session, seq)
+                    else:
+                        with self._cv:
+                            self._watchdog_reading = False
+                            self._cv.notify_all()
+                seq = self._dispatch_seq
+            last_seq = seq
+
+    def _read_for_dispatcher(self, sock: socket.socket, session: _Session, seq: int) -> None:
+        """Holding _read_role: read while the dispatcher is busy, answer
+        connection requests, queue the rest; hand the socket back when the
+        dispatcher has caught up."""
+        cv = self._cv
+        try:
+            if not (self._in_dispatch and self._dispatch_seq == seq and self._sock is sock):
+                return  # it finished meanwhile
+            while self._session is session:
+                try:
+                    ready, _, _ = select.select([sock], [], [], self.takeover_after)
+                except (OSError, ValueError):
+                    self._link_down = sock
+                    return
+                if ready:
+                    try:
+                        size = sock.recv_into(self._recv_buffer)
+                    except OSError:
+                        size = 0
+                    if not size:
+                        self._link_down = sock
+                        return
+                    try:
+                        lines = self._lines.feed_from(self._recv_buffer, size)
+                    except ProtocolError as exc:
+                        logger.error("%s; dropping the connection", exc)
+                        self._link_down = sock
+                        return
+                    events = self._route(lines)
+                    if events:
+                        with cv:
+                            self._backlog.extend(events)
+                            cv.notify_all()
+                            while len(self._backlog) > _MAX_BACKLOG and self._session is session:
+                                cv.wait(0.1)
+                if not self._in_dispatch and not self._backlog:
+                    return  # the dispatcher has caught up: it reads again
+        finally:
+            self._read_role.release()
+            with cv:
+                self._watchdog_reading = False
+                cv.notify_all()
 
     # ------------------------------------------------------------------ callbacks
 
     def on_connection_request(self, request: ConnectionRequestContext) -> Optional[bool]:
-        """A WebSocket client asks to connect. Runs on the reader thread.
+        """A WebSocket client asks to connect.
 
         Change ``request.context`` (client_id, room_id, metadata) to assign the
         client, and decide by returning True/False or by setting
         ``request.accepted`` (a returned bool wins; ``None`` means
         ``request.accepted``, which starts True). An exception rejects the
-        connection and is logged with its traceback.
+        connection and is logged with its traceback. Runs on the dispatcher,
+        or on the watchdog while the dispatcher is busy with a slow handler.
         """
         return True
 

@@ -104,7 +104,7 @@ def test_rejection_by_exception_is_logged_with_traceback(broker, clients, events
     start(clients, broker, events, _reject_by_exception)
     with caplog.at_level(logging.ERROR, logger="pystrands"):
         assert refused_status(broker.ws_url("/x")) == 403
-    records = [r for r in caplog.records if "on_connection_request raised" in r.getMessage()]
+    records = [r for r in caplog.records if "on_connection_request failed" in r.getMessage()]
     assert records, caplog.text
     assert records[0].exc_info and "no entry for you" in str(records[0].exc_info[1])
 

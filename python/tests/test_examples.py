@@ -68,7 +68,7 @@ def test_readme_client_welcomes_by_name(broker):
             ws.send("hi")
     finally:
         out = stop(proc)
-    assert "Connected to new_client_id in room new_room" in out
+    assert "Connected to new_client_id in room new_room" in out, out
 
 
 def test_chat_app(broker):

@@ -55,6 +55,23 @@ def test_line_buffer_many_lines_in_one_chunk():
     assert lines[0] == '{"i":0}' and lines[-1] == '{"i":9999}'
 
 
+@pytest.mark.parametrize("chunk", [7, 13, 64, 1000])
+def test_line_buffer_feed_from_a_reused_buffer_equals_feed(chunk):
+    text = "".join(f'{{"i":{i},"s":"ü€🎉{i}"}}\n' for i in range(300))
+    data = text.encode("utf-8")
+    buf = bytearray(chunk)
+    a, b = protocol.LineBuffer(), protocol.LineBuffer()
+    via_feed, via_buffer = [], []
+    for start in range(0, len(data), chunk):
+        piece = data[start : start + chunk]
+        buf[: len(piece)] = piece
+        buf[len(piece) :] = b"\xff" * (chunk - len(piece))  # garbage past size
+        via_feed.extend(a.feed(piece))
+        via_buffer.extend(b.feed_from(buf, len(piece)))
+    assert via_buffer == via_feed == text.split("\n")[:-1]
+    assert b.pending_bytes == 0
+
+
 def test_line_buffer_keeps_empty_lines_as_empty_strings():
     assert protocol.LineBuffer().feed(b"\n{}\n\n") == ["", "{}", ""]
 
@@ -90,6 +107,77 @@ def test_decode_rejects_what_is_not_one_json_object(line):
 def test_protocol_error_is_a_value_error():
     with pytest.raises(ValueError):
         protocol.decode("{")
+
+
+def _new_message_line(message, context):
+    # exactly the broker's shape: compact JSON, this key order
+    return (
+        '{"action":"new_message","request_id":"","params":{"message":'
+        + json.dumps(message, ensure_ascii=False)
+        + ',"context":'
+        + json.dumps(context, ensure_ascii=False, separators=(",", ":"))
+        + "}}"
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["hi", "", 'q"uote\\ back\nslash', "ünïcode 🎉 世界", "\u2028", "x" * 5000, '"context":{'],
+)
+@pytest.mark.parametrize(
+    "context",
+    [
+        {"client_id": "c1", "room_id": "/ws/r", "metadata": {}},
+        {"client_id": "ü\"id", "room_id": "", "metadata": {"name": "Zoë", "n": [1, {"a": None}]}},
+    ],
+)
+def test_decode_new_message_equals_the_generic_decoder(message, context):
+    line = _new_message_line(message, context)
+    generic = protocol.decode(line)["params"]
+    for _ in range(2):  # cold, then from the context cache
+        got = protocol.decode_new_message(line)
+        assert got is not None
+        assert got[0] == generic["message"] == message
+        assert got[1] == Context(**generic["context"])
+
+
+def test_decode_new_message_gives_fresh_context_objects():
+    line = _new_message_line("m", {"client_id": "c", "room_id": "r", "metadata": {"k": [1]}})
+    a = protocol.decode_new_message(line)[1]
+    a.metadata["k"].append(2)
+    a.room_id = "changed"
+    b = protocol.decode_new_message(line)[1]
+    assert b == Context("c", "r", {"k": [1]})
+    empty = _new_message_line("m", {"client_id": "c", "room_id": "r", "metadata": {}})
+    x = protocol.decode_new_message(empty)[1]
+    x.metadata["added"] = True
+    assert protocol.decode_new_message(empty)[1].metadata == {}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"action":"new_connection","request_id":"","params":{"context":{"client_id":"c","room_id":"r","metadata":{}}}}',
+        '{"action":"new_message","request_id":"","params":{"message":"AAH/","binary":true,"context":{"client_id":"c","room_id":"r","metadata":{}}}}',
+        '{"action":"new_message","request_id":"x","params":{"message":"m","context":{"client_id":"c","room_id":"r","metadata":{}}}}',
+        '{"params":{"message":"m","context":{"client_id":"c","room_id":"r","metadata":{}}},"action":"new_message"}',
+        '{"action":"new_message","request_id":"","params":{"message":"m","context":{"client_id":"c","room_id":"r","metadata":{}},"extra":1}}',
+        '{"action":"new_message","request_id":"","params":{"message":"m","context":{"client_id":1,"room_id":"r","metadata":{}}}}',
+        '{"action":"new_message","request_id":"","params":{"message":"unterminated',
+        '{"action":"new_message","request_id":"","params":{"message":"m","context":{"client_id":"c"',
+    ],
+)
+def test_decode_new_message_leaves_other_shapes_to_the_generic_decoder(line):
+    assert protocol.decode_new_message(line) is None
+
+
+def test_decode_new_message_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(protocol, "_CONTEXT_CACHE_MAX", 5)
+    protocol._context_cache.clear()
+    for i in range(12):
+        line = _new_message_line("m", {"client_id": f"c{i}", "room_id": "r", "metadata": {}})
+        assert protocol.decode_new_message(line)[1].client_id == f"c{i}"
+        assert len(protocol._context_cache) <= 5
 
 
 # ---------------------------------------------------------------- encoders

@@ -58,6 +58,7 @@ def test_sync_queued_events_arrive_after_reconnect(broker, clients, events):
 
         client._sock.shutdown(socket.SHUT_RDWR)  # the network drops the backend link
         broker.wait_log(DISCONNECTED_LOG)
+        wait_for(lambda: not client.connected, what="the client to notice the drop")
         for i in range(20):
             ws.send(f"queued-{i}")
         sent_while_disconnected = not client.connected
@@ -91,15 +92,16 @@ def test_sync_no_auto_reconnect_ends_run_forever_with_an_error(broker):
 
 def test_sync_backoff_grows_with_jitter_and_caps(monkeypatch):
     """The reconnect waits: delay x backoff^n capped at max, each x U(0.5, 1)."""
+    from pystrands.client import _Session
+
     client = PyStrandsClient("127.0.0.1", 1, reconnect_delay=0.1,
                              max_reconnect_delay=0.4, reconnect_backoff=2.0)
+    session = client._session = _Session()
     waits = []
 
     def fake_wait(timeout=None):
         waits.append(timeout)
-        if len(waits) >= 6:
-            client._closing.set()
-        return client._closing.is_set() and len(waits) > 6
+        return len(waits) >= 6  # "disconnect() was called" at the 6th wait
 
     def refuse():
         raise ConnectionRefusedError("nobody home")
@@ -107,7 +109,7 @@ def test_sync_backoff_grows_with_jitter_and_caps(monkeypatch):
     monkeypatch.setattr(client._closing, "wait", fake_wait)
     monkeypatch.setattr(client, "_open_socket", refuse)
     monkeypatch.setattr(random, "uniform", lambda a, b: (a + b) / 2)  # 0.75
-    assert client._reconnect_with_backoff() is False
+    assert client._reconnect_with_backoff(session) is False
     assert waits == pytest.approx([0.075, 0.15, 0.3, 0.3, 0.3, 0.3])
 
 

@@ -14,7 +14,7 @@ import time
 
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT
+from conftest import TIMEOUT, wait_for
 from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
 
 HOLD = 2.0  # seconds the handler stays blocked: twice the broker's timeout
@@ -26,9 +26,13 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients,
 
     class Slow(PyStrandsClient):
         def on_message(self, message, context):
-            events.put("handler-started", message)
-            release.wait(HOLD)
-            events.put("handler-done", message)
+            if message == "block":
+                events.put("handler-started", message)
+                release.wait(HOLD)
+                events.put("handler-done", message)
+            else:
+                events.put("message", context.room_id, message)
+                self.send_private_message(context.client_id, "echo:" + message)
 
         def on_connect(self, context):
             events.put("connected", context.room_id)
@@ -40,15 +44,27 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients,
         assert events.get("connected") == ("connected", "/first")
         first.send("block")
         events.get("handler-started")
+        for i in range(5):  # queued behind the blocked handler, in order
+            first.send(f"m{i}")
         t0 = time.monotonic()
-        with ws_connect(broker.ws_url("/second"), open_timeout=TIMEOUT):
+        with ws_connect(broker.ws_url("/second"), open_timeout=TIMEOUT) as second:
             accepted_after = time.monotonic() - t0
             # still blocked: the answer did not wait for the handler
             assert ("handler-done", "block") not in list(events.q.queue)
+            second.send("from-second")
             release.set()
             assert events.get("handler-done") == ("handler-done", "block")
-            # events stay in order: second's new_connection after the message
-            assert events.get("connected") == ("connected", "/second")
+            got = [events.get()[1:] for _ in range(7)]
+            assert [g for g in got if g[0] == "/first"] == [("/first", f"m{i}") for i in range(5)]
+            # the second client's new_connection comes before its message
+            assert got.index(("/second",)) < got.index(("/second", "from-second"))
+            for i in range(5):
+                assert first.recv(timeout=TIMEOUT) == f"echo:m{i}"
+            assert second.recv(timeout=TIMEOUT) == "echo:from-second"
+            # the watchdog hands the socket back once the dispatcher caught up
+            wait_for(lambda: not client._watchdog_reading, what="the hand-back to the dispatcher")
+            second.send("later")
+            assert second.recv(timeout=TIMEOUT) == "echo:later"
     assert accepted_after < 1.0
 
 
