@@ -102,6 +102,17 @@ impl Broker {
     /// [`Broker::start`] with environment variables set (after the
     /// `PYSTRAND_*` ones of the test environment are removed).
     pub fn start_with_env(flags: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::start_with_command(flags, env, |_| {})
+    }
+
+    /// [`Broker::start_with_env`], with `configure` given the last word on
+    /// the command before it is spawned (e.g. a `pre_exec` that lowers a
+    /// resource limit of the child).
+    pub fn start_with_command(
+        flags: &[&str],
+        env: &[(&str, &str)],
+        configure: impl FnOnce(&mut Command),
+    ) -> Broker {
         let mut cmd = Command::new(BIN);
         for (flag, value) in [
             ("--host", "127.0.0.1"),
@@ -123,6 +134,7 @@ impl Broker {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        configure(&mut cmd);
         let mut child = cmd.spawn().expect("start pystrands-server");
         let stderr = child.stderr.take().expect("stderr is piped");
         let log = Arc::new(Log::default());
@@ -177,6 +189,50 @@ impl Broker {
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Resident memory (VmRSS of /proc/PID/status), in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read the broker's /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in the broker's status:\n{status}"))
+    }
+
+    /// Open file descriptors (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("list the broker's /proc/PID/fd")
+            .count()
+    }
+
+    /// CPU time used so far, user plus system (/proc/PID/stat, clock ticks
+    /// converted at the kernel's USER_HZ).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+            .expect("read the broker's /proc/PID/stat");
+        // Fields after the command name, which is in parentheses and may
+        // hold spaces: utime and stime are the 12th and 13th of them.
+        let rest = &stat[stat.rfind(')').expect("a stat line") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
+    /// Whether the process is still running (it has not exited).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.try_wait().expect("poll the broker") {
+            Some(status) => {
+                self.exit = Some(status);
+                false
+            }
+            None => true,
+        }
     }
 
     /// Sends a signal to the broker.
