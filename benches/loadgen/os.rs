@@ -28,6 +28,9 @@ pub struct CpuSample {
     /// Sum of /proc/PID/task/*/schedstat run time, in seconds (ns
     /// resolution); None where the kernel does not provide it.
     pub sched_s: Option<f64>,
+    /// Sum of the schedstat run-queue wait: time runnable but not running
+    /// because another task had the CPU (a busy shared machine shows here).
+    pub wait_s: Option<f64>,
 }
 
 impl CpuSample {
@@ -36,6 +39,10 @@ impl CpuSample {
         CpuSample {
             stat_s: self.stat_s - earlier.stat_s,
             sched_s: match (self.sched_s, earlier.sched_s) {
+                (Some(a), Some(b)) => Some(a - b),
+                _ => None,
+            },
+            wait_s: match (self.wait_s, earlier.wait_s) {
                 (Some(a), Some(b)) => Some(a - b),
                 _ => None,
             },
@@ -71,22 +78,34 @@ pub fn cpu(pid: u32) -> io::Result<CpuSample> {
             .ok_or_else(|| io::Error::other("malformed /proc/PID/stat"))
     };
     let stat_s = (tick(11)? + tick(12)?) / clock_ticks();
+    let sched = schedstat(&format!("/proc/{pid}/task"));
     Ok(CpuSample {
         stat_s,
-        sched_s: sched_runtime(pid),
+        sched_s: sched.map(|s| s.0),
+        wait_s: sched.map(|s| s.1),
     })
 }
 
-fn sched_runtime(pid: u32) -> Option<f64> {
-    let mut total = 0u64;
-    for task in fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+/// Run time and run-queue wait (seconds) summed over the tasks under
+/// `tasks` (/proc/PID/task): the first two fields of each schedstat.
+fn schedstat(tasks: &str) -> Option<(f64, f64)> {
+    let (mut run, mut wait) = (0u64, 0u64);
+    for task in fs::read_dir(tasks).ok()? {
         let path = task.ok()?.path().join("schedstat");
         // A thread that ended between read_dir and here just has no file.
         if let Ok(s) = fs::read_to_string(path) {
-            total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+            let mut f = s.split_whitespace();
+            run += f.next()?.parse::<u64>().ok()?;
+            wait += f.next()?.parse::<u64>().ok()?;
         }
     }
-    Some(total as f64 / 1e9)
+    Some((run as f64 / 1e9, wait as f64 / 1e9))
+}
+
+/// Seconds this process (all threads) has spent runnable but waiting for
+/// a CPU; None where the kernel has no schedstat.
+pub fn self_wait_s() -> Option<f64> {
+    schedstat("/proc/self/task").map(|s| s.1)
 }
 
 /// Resident set size of `pid` in KiB (VmRSS of /proc/PID/status).

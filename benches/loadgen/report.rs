@@ -92,14 +92,32 @@ impl Report {
         self.set(&format!("{prefix}_cpu_source"), source);
         self.set(&format!("{prefix}_cpu_stat_s"), round(cpu.stat_s, 2));
         self.set(&format!("{prefix}_busy"), round(busy, 3));
+        self.set(
+            &format!("{prefix}_runq_wait_s"),
+            cpu.wait_s.map(|w| round(w, 4)),
+        );
+        let waited = cpu
+            .wait_s
+            .map(|w| if wall_s > 0.0 { w / wall_s } else { 0.0 });
+        self.set(
+            &format!("{prefix}_runq_wait_share"),
+            waited.map(|w| round(w, 3)),
+        );
+        if let Some(w) = waited.filter(|&w| w > 0.1) {
+            self.notes.push(format!(
+                "{label}: the process waited for a CPU {:.0}% of the phase (other tasks on its core): its latency and throughput figures include that wait",
+                w * 100.0
+            ));
+        }
         self.line(
             label,
             format!(
-                "{} µs/{} ({secs:.4} s CPU from {source}, utime+stime {:.2} s; busy {:.0}% of {wall_s:.3} s)",
+                "{} µs/{} ({secs:.4} s CPU from {source}, utime+stime {:.2} s; busy {:.0}% of {wall_s:.3} s{})",
                 per_us.map_or("-".into(), |v| format!("{v:.4}")),
                 unit.replace('_', " "),
                 cpu.stat_s,
-                busy * 100.0
+                busy * 100.0,
+                waited.map_or(String::new(), |w| format!(", waited for a CPU {:.0}%", w * 100.0))
             ),
         );
     }

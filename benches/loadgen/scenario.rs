@@ -289,14 +289,30 @@ fn loss_checks(net: &Net, r: &mut Report, expected: u64) {
     }
 }
 
-fn tool_cpu(r: &mut Report, cpu_s: f64, wall_s: f64) {
+fn tool_cpu(r: &mut Report, cpu_s: f64, wait_s: Option<f64>, wall_s: f64) {
     let busy = if wall_s > 0.0 { cpu_s / wall_s } else { 0.0 };
+    let waited = wait_s.map(|w| if wall_s > 0.0 { w / wall_s } else { 0.0 });
     r.set("loadgen_cpu_s", round(cpu_s, 3));
     r.set("loadgen_busy", round(busy, 3));
+    r.set("loadgen_runq_wait_s", wait_s.map(|w| round(w, 4)));
+    r.set("loadgen_runq_wait_share", waited.map(|w| round(w, 3)));
     r.line(
         "loadgen CPU",
-        format!("{cpu_s:.2} s ({:.0}% of the phase)", busy * 100.0),
+        format!(
+            "{cpu_s:.2} s ({:.0}% of the phase{})",
+            busy * 100.0,
+            waited.map_or(String::new(), |w| format!(
+                ", waited for a CPU {:.0}%",
+                w * 100.0
+            ))
+        ),
     );
+    if let Some(w) = waited.filter(|&w| w > 0.1) {
+        r.notes.push(format!(
+            "the load generator waited for a CPU {:.0}% of the measured phase (other tasks on its core): throughput and latency include that wait",
+            w * 100.0
+        ));
+    }
     if busy > 0.9 {
         r.notes.push(format!(
             "the load generator was busy {:.0}% of the measured phase: throughput and latency may be bounded by the tool, not the server",
@@ -364,6 +380,7 @@ fn fanout(
     net.set_recording(true);
     let cpu_a = cpu_of(target.pid);
     let self_a = os::self_cpu_s();
+    let wait_a = os::self_wait_s();
     let start = Instant::now();
     let start_ns = os::now_ns();
     let mut sent = 0u64;
@@ -420,6 +437,7 @@ fn fanout(
     }
     let cpu_b = cpu_of(target.pid);
     let self_b = os::self_cpu_s();
+    let wait_b = os::self_wait_s();
     let wall = start.elapsed().as_secs_f64();
     net.set_recording(false);
 
@@ -451,7 +469,12 @@ fn fanout(
         deliveries,
         wall,
     );
-    tool_cpu(r, self_b - self_a, wall);
+    tool_cpu(
+        r,
+        self_b - self_a,
+        wait_b.zip(wait_a).map(|(b, a)| b - a),
+        wall,
+    );
     r.set("rss_after_kb", rss_of(target.pid));
     loss_checks(net, r, expected);
     if stalled {
@@ -525,7 +548,7 @@ fn echo(
     let window_start = start + warmup;
     let window_end = window_start + duration;
     let mut in_window = false;
-    let (mut cpu_a, mut bcpu_a, mut self_a) = (None, None, 0.0);
+    let (mut cpu_a, mut bcpu_a, mut self_a, mut wait_a) = (None, None, 0.0, None);
     loop {
         let now = Instant::now();
         if !in_window && now >= window_start {
@@ -533,6 +556,7 @@ fn echo(
             cpu_a = cpu_of(target.pid);
             bcpu_a = cpu_of(cfg.backend_pid);
             self_a = os::self_cpu_s();
+            wait_a = os::self_wait_s();
             in_window = true;
         }
         if now >= window_end {
@@ -547,6 +571,7 @@ fn echo(
     let cpu_b = cpu_of(target.pid);
     let bcpu_b = cpu_of(cfg.backend_pid);
     let self_b = os::self_cpu_s();
+    let wait_b = os::self_wait_s();
     let wall = window_end
         .duration_since(window_start)
         .as_secs_f64()
@@ -607,7 +632,12 @@ fn echo(
             wall,
         );
     }
-    tool_cpu(r, self_b - self_a, wall);
+    tool_cpu(
+        r,
+        self_b - self_a,
+        wait_b.zip(wait_a).map(|(b, a)| b - a),
+        wall,
+    );
     let sent: u64 = net.clients.iter().map(|c| c.sent).sum();
     loss_checks(net, r, sent);
     if stalled {
