@@ -1,0 +1,165 @@
+//! A broker whose open-file limit is low (soft and hard, so it cannot raise
+//! it): it logs the limit and lowers --max-connections to fit at start;
+//! when more connections arrive than it has descriptors for, it neither
+//! crashes nor spins (they wait in the listen backlog), keeps serving its
+//! clients, and once connections close it serves new ones again and its
+//! descriptors return to their baseline.
+
+mod common;
+
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+/// The broker's open-file limit, soft and hard.
+const NOFILE: libc::rlim_t = 128;
+/// Connections opened at once: well past what NOFILE leaves.
+const FLOOD: usize = 200;
+/// CPU the broker may use in a second while connections wait for
+/// descriptors: it retries accepting every 100 ms, which costs next to
+/// nothing; an accept loop spinning on EMFILE would use the whole second.
+const IDLE_CPU_BOUND: Duration = Duration::from_millis(200);
+
+fn start_with_nofile(flags: &[&str]) -> Broker {
+    Broker::start_with_command(flags, &[], |cmd| {
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setrlimit, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                let limit = libc::rlimit {
+                    rlim_cur: NOFILE,
+                    rlim_max: NOFILE,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    })
+}
+
+/// Waits (bounded) until the broker's descriptor count is `want`.
+fn wait_fds(broker: &Broker, want: usize) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let now = broker.open_fds();
+        if now == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker has {now} descriptors open, {want} expected (a leak?)"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
+    // A long --connect-timeout: the flood's connections send nothing and
+    // must not be closed with 408 while the test looks.
+    let mut broker = start_with_nofile(&["--connect-timeout", "30"]);
+    broker.wait_log(&["open-file limit: soft 128 raised to 128"]);
+    broker.wait_log(&[
+        "WARN",
+        "--max-connections 100000 lowered to 64: the open-file limit is 128",
+    ]);
+    let mut backend = Backend::connect(&broker);
+    let mut a = join(&broker, &mut backend, "a", "r");
+    let baseline = broker.open_fds();
+
+    let flood: Vec<TcpStream> = (0..FLOOD)
+        .map(|i| {
+            TcpStream::connect(broker.ws)
+                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
+        })
+        .collect();
+    broker.wait_log(&["WARN", "out of file descriptors"]);
+    assert!(broker.is_running(), "the broker died out of descriptors");
+
+    // Not spinning while connections wait in the backlog.
+    let before = broker.cpu_time();
+    thread::sleep(Duration::from_secs(1));
+    let used = broker.cpu_time().saturating_sub(before);
+    assert!(
+        used < IDLE_CPU_BOUND,
+        "the broker used {used:?} of CPU in a second while out of descriptors (spinning?)"
+    );
+
+    // Still serving the client it has, both ways.
+    send_text(&mut a, "out of fds");
+    let event = backend.expect("new_message");
+    assert_eq!(event["params"]["message"], "out of fds");
+    backend.send_to_room("r", "still here");
+    assert_eq!(recv_text(&mut a), "still here");
+
+    // The flood goes away: descriptors come back, new clients are served.
+    drop(flood);
+    wait_fds(&broker, baseline);
+    let mut b = join_when_room(&broker, &mut backend, "b");
+    send_text(&mut b, "served again");
+    let event = backend.expect("new_message");
+    assert_eq!(event["params"]["message"], "served again");
+    b.close(None).unwrap();
+    let _ = next_message(&mut b);
+    backend.expect("disconnected");
+    wait_fds(&broker, baseline);
+    assert!(broker.is_running());
+}
+
+/// Joins `id` into room "r". The flood's last connections may still sit in
+/// the listen backlog, ahead of this one, and count against the lowered
+/// --max-connections until the broker reads their end: a 503 then is
+/// retried, within [`TIMEOUT`].
+fn join_when_room(broker: &Broker, backend: &mut Backend, id: &str) -> Ws {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let upgrade = start_upgrade(broker, "/ws/r", &[]);
+        if let Some(request) = backend.recv_within(Duration::from_secs(1)) {
+            assert_eq!(request["action"], "connection_request", "got {request}");
+            backend.respond(
+                &request,
+                json!({"accepted": true, "client_id": id, "room_id": "r"}),
+            );
+            let ws = upgrade.finish().expect("the upgrade succeeds");
+            backend.expect("new_connection");
+            return ws;
+        }
+        assert_eq!(upgrade.refused_status(), 503);
+        assert!(
+            Instant::now() < deadline,
+            "new upgrades still refused {TIMEOUT:?} after the flood closed"
+        );
+    }
+}
+
+/// The warning is for the operator, once per shortage: the broker retries
+/// accepting every 100 ms, and a line per retry would be 36,000 warnings an
+/// hour from a broker that is merely full.
+#[test]
+fn running_out_of_descriptors_is_warned_once_not_at_every_retry() {
+    let broker = start_with_nofile(&["--connect-timeout", "30"]);
+    let _flood: Vec<TcpStream> = (0..FLOOD)
+        .map(|i| {
+            TcpStream::connect(broker.ws)
+                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
+        })
+        .collect();
+    broker.wait_log(&["WARN", "out of file descriptors"]);
+    // Ten retries' worth.
+    thread::sleep(Duration::from_secs(1));
+    let warnings = broker
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("out of file descriptors"))
+        .count();
+    assert!(
+        warnings <= 2,
+        "{warnings} 'out of file descriptors' warnings in about a second of one shortage"
+    );
+}
