@@ -55,6 +55,8 @@ FANOUT_FIGURES = [
     "latency_max_us",
     "server_busy",
     "loadgen_busy",
+    "server_runq_wait_share",
+    "loadgen_runq_wait_share",
     "server_connect_cpu_per_conn_us",
     "rss_per_conn_bytes",
 ]
@@ -66,6 +68,8 @@ ECHO_FIGURES = [
     "latency_max_us",
     "server_busy",
     "loadgen_busy",
+    "server_runq_wait_share",
+    "loadgen_runq_wait_share",
 ]
 CONNS_FIGURES = [
     "connects_per_s",
@@ -75,6 +79,7 @@ CONNS_FIGURES = [
     "handshake_p99_us",
     "loadgen_connect_busy",
     "server_connect_busy",
+    "server_connect_runq_wait_share",
 ]
 # Correctness counters: summed over runs, never medians.
 CHECKS = [
@@ -98,6 +103,7 @@ def scenario(sid, group, title, args, figures, timeout=60, sweep=None):
         "figures": figures,
         "timeout": timeout,
         "sweep": sweep,
+        "linear": None,
     }
 
 
@@ -107,6 +113,8 @@ def sweep_messages(n):
 
 
 SWEEP_FULL = [100, 1000, 5000, 10000, 19000]
+# Messages per run of the fixed-batch series (linear-cost target).
+LINEAR_MESSAGES = 100
 SWEEP_QUICK = [100, 500, 1000]
 
 
@@ -184,6 +192,26 @@ def scenarios(quick):
     ]
     # The sweep reuses the fan-out scenarios above where the sizes match.
     known = {s["id"] for s in out}
+    # Linear cost at a fixed number of messages (the same batching per
+    # subscriber at every size): N x LINEAR_MESSAGES.
+    for n in sweep:
+        sid = f"fanout_{n}x{LINEAR_MESSAGES}"
+        if sid in known:
+            for s in out:
+                if s["id"] == sid:
+                    s["linear"] = n
+            continue
+        out.append(
+            scenario(
+                sid,
+                "linear",
+                f"fan-out {n:,} subscribers x {LINEAR_MESSAGES} messages (64 B), linear-cost series",
+                fan(n, LINEAR_MESSAGES),
+                FANOUT_FIGURES,
+            )
+        )
+        out[-1]["linear"] = n
+        known.add(sid)
     for n in sweep:
         sid = f"fanout_{n}x{sweep_messages(n)}"
         if sid not in known:
@@ -205,7 +233,7 @@ def scenarios(quick):
     return out
 
 
-GROUPS = ["fanout", "rate", "broadcast", "echo", "echo70k", "conns", "sweep"]
+GROUPS = ["fanout", "rate", "broadcast", "echo", "echo70k", "conns", "sweep", "linear"]
 
 
 def sh(cmd, **kw):
@@ -371,7 +399,14 @@ def median_of(runs, key):
 
 def summarize(sc, runs):
     """Medians per target over the good runs, and broker/limit ratios."""
-    out = {"title": sc["title"], "group": sc["group"], "args": sc["args"], "sweep": sc["sweep"], "figures": sc["figures"]}
+    out = {
+        "title": sc["title"],
+        "group": sc["group"],
+        "args": sc["args"],
+        "sweep": sc["sweep"],
+        "linear": sc.get("linear"),
+        "figures": sc["figures"],
+    }
     for target in ("broker", "limit"):
         mine = [r for r in runs if r["scenario"] == sc["id"] and r["target"] == target]
         ok = [r for r in mine if good(r)]
@@ -458,7 +493,7 @@ def table(doc):
     for sid, s in doc.get("scenarios", {}).items():
         first = True
         for k in s["figures"]:
-            if k.endswith("_busy") or k == "latency_max_us":
+            if k.endswith("_busy") or k.endswith("_share") or k == "latency_max_us":
                 continue
             b = s["broker"]["median"].get(k)
             l = s["limit"]["median"].get(k)
@@ -506,6 +541,7 @@ def main():
             if s["id"] in want
             or s["group"] in want
             or ("sweep" in want and s["sweep"] is not None)
+            or ("linear" in want and s.get("linear") is not None)
         ]
     else:
         chosen = all_sc
@@ -529,7 +565,7 @@ def main():
     shutil.copy2(server, bins["server"])
 
     os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    doc = {"machine": None, "config": None, "scenarios": {}, "sweep": None, "runs": []}
+    doc = {"machine": None, "config": None, "scenarios": {}, "sweep": None, "linear": None, "runs": []}
     if want and not opts.fresh and os.path.exists(out_path):
         with open(out_path) as f:
             old = json.load(f)
@@ -570,7 +606,9 @@ def main():
                     print(
                         f"[{done}/{total} {time.monotonic() - t_start:5.0f}s load {rec['loadavg'][0] if rec['loadavg'] else '?'}] "
                         f"{sc['id']} {target} run {run}: {sc['figures'][0]}={r.get(sc['figures'][0])} "
-                        f"{main_key}={r.get(main_key)} p99={r.get('latency_p99_us', r.get('handshake_p99_us'))} {status}",
+                        f"{main_key}={r.get(main_key)} p99={r.get('latency_p99_us', r.get('handshake_p99_us'))} "
+                        f"runq-wait server={r.get('server_runq_wait_share', r.get('server_connect_runq_wait_share'))} "
+                        f"tool={r.get('loadgen_runq_wait_share')} {status}",
                         file=sys.stderr,
                     )
                     # Keep what is done so far, in case the rest fails.
@@ -588,6 +626,8 @@ def main():
         if s.get("sweep"):
             sweep[str(s["sweep"])] = sid
     doc["sweep"] = dict(sorted(sweep.items(), key=lambda kv: int(kv[0])))
+    linear = {str(s["linear"]): sid for sid, s in doc["scenarios"].items() if s.get("linear")}
+    doc["linear"] = dict(sorted(linear.items(), key=lambda kv: int(kv[0])))
     write(out_path, doc)
     print(table(doc))
     print(f"\nwrote {os.path.relpath(out_path, ROOT)} in {doc['machine']['duration_s']} s", file=sys.stderr)
