@@ -398,16 +398,31 @@ class PyStrandsClient:
         return False
 
     def _serve(self, sock: socket.socket, session: _Session) -> None:
-        """Read and dispatch until the connection ends or the session stops."""
+        """Read and dispatch until the connection ends or the session stops.
+
+        This loop is the hot path of the whole package; it keeps what it uses
+        in locals for the life of the connection.
+        """
         recv_into = sock.recv_into
         buffer = self._recv_buffer
         read_role = self._read_role
-        route = self._route
-        dispatch = self._dispatch
-        dispatch_lines = self._dispatch_lines
+        lines_buffer = self._lines
+        feed_from = lines_buffer.feed_from
+        fast = protocol.decode_new_message
+        on_message = self.on_message
+        dispatch_line = self._dispatch_line
+        out = self._out
+        flush = self._flush_out
         while True:
             if not read_role.acquire(False):
                 # The watchdog is reading for us (we were busy): take its events.
+                if not self._take_backlog(session):
+                    return
+                continue
+            if self._backlog:
+                # The watchdog gave the socket back (or saw it end) with events
+                # still queued: those come before anything read from now on.
+                read_role.release()
                 if not self._take_backlog(session):
                     return
                 continue
@@ -421,25 +436,39 @@ class PyStrandsClient:
                 if not size:
                     return
                 try:
-                    lines = self._lines.feed_from(buffer, size)
+                    lines = feed_from(buffer, size)
                 except ProtocolError as exc:
                     logger.error("%s; dropping the connection", exc)
                     return
-                request_in_chunk = '"connection_request"' in self._lines.text
             finally:
                 read_role.release()
-            if request_in_chunk:
+            if '"connection_request"' in lines_buffer.text:
                 # Answer every connection request of the chunk before any
                 # handler runs (a slow one must not hold an answer back).
-                events = route(lines)
-                if self._out:
-                    self._flush_out()
+                events = self._route(lines)
+                if out:
+                    flush()
                 if events:
-                    dispatch(events, session)
-            elif lines:
-                dispatch_lines(lines, session)
-            if self._out and self._session is session:
-                self._flush_out()
+                    self._dispatch(events, session)
+            else:
+                self._dispatch_seq += 1
+                self._in_dispatch = True
+                try:
+                    for line in lines:
+                        if self._session is not session:  # disconnect() was called
+                            break
+                        known = fast(line)
+                        if known is not None:
+                            try:
+                                on_message(known[0], known[1])
+                            except Exception:
+                                logger.exception("on_message raised")
+                        else:
+                            dispatch_line(line)
+                finally:
+                    self._in_dispatch = False
+            if out and self._session is session:
+                flush()
 
     def _take_backlog(self, session: _Session) -> bool:
         cv = self._cv
@@ -498,75 +527,48 @@ class PyStrandsClient:
         except PyStrandsConnectionError as exc:
             logger.warning("could not answer a connection request: %s", exc)
 
-    def _dispatch_lines(self, lines: List[str], session: _Session) -> None:
-        """The hot path: decode and handle the lines of a chunk that holds no
-        connection request, in one pass."""
-        self._dispatch_seq += 1
-        self._in_dispatch = True
-        on_message = self.on_message
-        make_context = Context
-        decode = protocol.decode
-        fast = protocol.decode_new_message
+    def _dispatch_line(self, line: str) -> None:
+        """Decode and handle one line that is not a plain text message."""
+        if not line:
+            return
         try:
-            for line in lines:
-                if self._session is not session:  # disconnect() was called
-                    return
-                try:
-                    known = fast(line)
-                    if known is not None:
-                        on_message(known[0], known[1])
-                        continue
-                    event = decode(line)
-                    params = event["params"]
-                    action = event["action"]
-                    if action == "new_message":
-                        c = params["context"]
-                        message = params["message"]
-                        if "binary" in params and params["binary"] is True:
-                            message = decode_binary(message)
-                        on_message(message, make_context(c["client_id"], c["room_id"], c["metadata"]))
-                    elif action == "heartbeat":
-                        pass
-                    elif action == "new_connection":
-                        self.on_new_connection(protocol.context_from_params(params))
-                    elif action == "disconnected":
-                        self.on_disconnect(protocol.context_from_params(params))
-                    elif action == "error":
-                        self.on_error(params.get("error", ""), protocol.context_from_params(params))
-                except ProtocolError as exc:
-                    if line:
-                        logger.error("%s", exc)
-                except Exception:
-                    logger.exception("handler for a line from the broker raised: %.200s", line)
-        finally:
-            self._in_dispatch = False
+            event = protocol.decode(line)
+        except ProtocolError as exc:
+            logger.error("%s", exc)
+            return
+        if event.get("action") != "heartbeat":
+            self._handle_event(event)
+
+    def _handle_event(self, event: Dict[str, Any]) -> None:
+        try:
+            params = event["params"]
+            action = event["action"]
+            if action == "new_message":
+                c = params["context"]
+                message = params["message"]
+                if "binary" in params and params["binary"] is True:
+                    message = decode_binary(message)
+                self.on_message(message, Context(c["client_id"], c["room_id"], c["metadata"]))
+            elif action == "new_connection":
+                self.on_new_connection(protocol.context_from_params(params))
+            elif action == "disconnected":
+                self.on_disconnect(protocol.context_from_params(params))
+            elif action == "error":
+                self.on_error(params.get("error", ""), protocol.context_from_params(params))
+        except Exception:
+            logger.exception("handler for a %r event raised", event.get("action"))
 
     def _dispatch(self, batch: List[Dict[str, Any]], session: _Session) -> None:
+        """Handle decoded events (the watchdog's backlog, or a chunk that held
+        connection requests), in order."""
         self._dispatch_seq += 1
         self._in_dispatch = True
-        on_message = self.on_message
-        make_context = Context
+        handle = self._handle_event
         try:
             for event in batch:
                 if self._session is not session:  # disconnect() was called
                     return
-                try:
-                    params = event["params"]
-                    action = event["action"]
-                    if action == "new_message":
-                        c = params["context"]
-                        message = params["message"]
-                        if "binary" in params and params["binary"] is True:
-                            message = decode_binary(message)
-                        on_message(message, make_context(c["client_id"], c["room_id"], c["metadata"]))
-                    elif action == "new_connection":
-                        self.on_new_connection(protocol.context_from_params(params))
-                    elif action == "disconnected":
-                        self.on_disconnect(protocol.context_from_params(params))
-                    elif action == "error":
-                        self.on_error(params.get("error", ""), protocol.context_from_params(params))
-                except Exception:
-                    logger.exception("handler for a %r event raised", event.get("action"))
+                handle(event)
         finally:
             self._in_dispatch = False
 

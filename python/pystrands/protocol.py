@@ -151,29 +151,22 @@ class LineBuffer:
 
     def feed_from(self, buffer: bytearray, size: int) -> List[str]:
         """Like :meth:`feed` for the first ``size`` bytes of a reused receive
-        buffer (``sock.recv_into(buffer)``): the complete lines are decoded
-        straight from the buffer, and only a trailing partial line is copied.
-        A fresh ``recv(256 KiB)`` costs an mmap, an mremap and a munmap per
-        call in CPython; a reused buffer costs none."""
+        buffer (``sock.recv_into(buffer)``): a fresh ``recv(256 KiB)`` costs
+        CPython an mmap, an mremap and a munmap per call; a reused buffer
+        costs none. Only a trailing partial line is kept (copied)."""
         end = buffer.rfind(b"\n", 0, size)
         if end < 0 or self._parts:
-            return self.feed(bytes(memoryview(buffer)[:size]))
-        view = memoryview(buffer)
+            return self.feed(bytes(buffer[:size]))
         try:
-            try:
-                text = str(view[: end + 1], "utf-8")
-            except UnicodeDecodeError:
-                text = str(view[: end + 1], "utf-8", "replace")
-            if end != size - 1:
-                rest = bytes(view[end + 1 : size])
-                self._parts.append(rest)
-                self._pending = len(rest)
-        finally:
-            view.release()
+            text = buffer[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            text = buffer[:end].decode("utf-8", "replace")
+        if end != size - 1:
+            rest = bytes(buffer[end + 1 : size])
+            self._parts.append(rest)
+            self._pending = len(rest)
         self.text = text
-        lines = text.split("\n")
-        lines.pop()
-        return lines
+        return text.split("\n")
 
 
 def decode(line: str) -> Dict[str, Any]:
