@@ -69,6 +69,8 @@ class PyStrands:
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
         reconnect_backoff: float = 2.0,
+        *,
+        token: Optional[str] = None,
     ) -> None:
         #: The underlying asyncio client; handlers are installed on it.
         self.client = AsyncPyStrandsClient(
@@ -78,6 +80,7 @@ class PyStrands:
             reconnect_delay=reconnect_delay,
             max_reconnect_delay=max_reconnect_delay,
             reconnect_backoff=reconnect_backoff,
+            token=token,
         )
 
     # ------------------------------------------------------------------ decorators

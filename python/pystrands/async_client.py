@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections import deque
 from inspect import isawaitable
@@ -128,6 +129,8 @@ class AsyncPyStrandsClient:
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
         reconnect_backoff: float = 2.0,
+        *,
+        token: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -135,6 +138,9 @@ class AsyncPyStrandsClient:
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
         self.reconnect_backoff = reconnect_backoff
+        #: Sent first on every connection when set (the broker's --backend-token);
+        #: defaults to $PYSTRANDS_BACKEND_TOKEN.
+        self.token = token if token is not None else (os.environ.get(protocol.TOKEN_ENV) or None)
         #: True while a connection to the broker is open and usable for sending.
         self.connected = False
 
@@ -189,6 +195,8 @@ class AsyncPyStrandsClient:
         if self._closing or self.connected:  # disconnect()/connect() raced with us
             conn.transport.close()  # type: ignore[union-attr]
             return self.connected
+        if self.token is not None:
+            conn.transport.write(protocol.encode_auth(self.token))  # type: ignore[union-attr]
         self._conn = conn
         self.connected = True
         self._reading_paused = False

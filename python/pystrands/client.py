@@ -49,6 +49,7 @@ them, in order, after the reconnect.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import select
 import socket
@@ -102,6 +103,8 @@ class PyStrandsClient:
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
         reconnect_backoff: float = 2.0,
+        *,
+        token: Optional[str] = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -109,6 +112,9 @@ class PyStrandsClient:
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
         self.reconnect_backoff = reconnect_backoff
+        #: Sent first on every connection when set (the broker's --backend-token);
+        #: defaults to $PYSTRANDS_BACKEND_TOKEN.
+        self.token = token if token is not None else (os.environ.get(protocol.TOKEN_ENV) or None)
         #: True while a connection to the broker is open and usable for sending.
         self.connected = False
 
@@ -234,8 +240,14 @@ class PyStrandsClient:
 
     def _open_socket(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=10.0)
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.token is not None:
+                sock.sendall(protocol.encode_auth(self.token))
+            sock.settimeout(None)
+        except BaseException:
+            sock.close()
+            raise
         return sock
 
     def _attach(self, sock: socket.socket) -> None:

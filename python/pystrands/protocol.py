@@ -55,6 +55,8 @@ __all__ = [
     "encode_room_message",
     "encode_private_message",
     "encode_response",
+    "encode_auth",
+    "TOKEN_ENV",
     "connection_request_from_params",
     "context_from_params",
     "decide_accepted",
@@ -69,6 +71,7 @@ ERROR = "error"
 HEARTBEAT = "heartbeat"
 
 # Backend -> broker actions.
+AUTH = "auth"
 RESPONSE = "response"
 BROADCAST = "broadcast"
 MESSAGE_TO_ROOM = "message_to_room"
@@ -350,6 +353,19 @@ def encode_response(request_id: str, accepted: bool, context: Optional[Context])
         params["room_id"] = room_id
         params["metadata"] = metadata
     return encode_line(RESPONSE, params, request_id)
+
+
+#: Environment variable the clients read the backend token from when no
+#: ``token=`` is given (the broker's ``--backend-token`` / PYSTRANDS_BACKEND_TOKEN).
+TOKEN_ENV = "PYSTRANDS_BACKEND_TOKEN"
+
+
+def encode_auth(token: str) -> bytes:
+    """``auth``: the first line on a broker that requires ``--backend-token``
+    (a broker without a token ignores it)."""
+    if not isinstance(token, str):
+        raise TypeError(f"token must be a str, not {type(token).__name__}")
+    return encode_line(AUTH, {"token": token})
 
 
 def connection_request_from_params(params: Dict[str, Any]) -> ConnectionRequestContext:

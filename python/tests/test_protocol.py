@@ -436,3 +436,13 @@ def test_connection_request_context_model():
     assert from_obj == req
     same.accepted = False
     assert same != req
+
+
+def test_encode_auth():
+    assert _one_line(protocol.encode_auth("tøken \"x\"")) == {
+        "action": "auth",
+        "request_id": "",
+        "params": {"token": 'tøken "x"'},
+    }
+    with pytest.raises(TypeError):
+        protocol.encode_auth(123)
