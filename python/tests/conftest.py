@@ -7,7 +7,9 @@ checkout (``cargo build``). Each test gets its own broker process, started
 with ``--ws-port 0 --tcp-port 0`` and stopped by PID.
 
 The tests import ``pystrands`` from this checkout's ``python/`` directory, so
-they test the source next to them whatever else is installed.
+they test the source next to them whatever else is installed; with
+``PYSTRANDS_TEST_INSTALLED=1`` they test the installed package instead (a
+wheel's contents), and fail if that would be the source tree after all.
 """
 
 from __future__ import annotations
@@ -28,7 +30,22 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
-sys.path.insert(0, str(REPO / "python"))
+SOURCE = str(REPO / "python")
+if os.environ.get("PYSTRANDS_TEST_INSTALLED"):
+    # `python -m pytest` puts the working directory on sys.path: from python/
+    # that is the source tree, which must not shadow the installed package.
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != SOURCE]
+else:
+    sys.path.insert(0, SOURCE)
+
+import pystrands  # noqa: E402
+
+if os.environ.get("PYSTRANDS_TEST_INSTALLED") and pystrands.__file__.startswith(SOURCE):
+    raise RuntimeError(f"PYSTRANDS_TEST_INSTALLED is set but pystrands comes from {pystrands.__file__}")
+
+#: The directory holding the ``pystrands`` package under test, for the
+#: PYTHONPATH of subprocesses (the launcher, the examples).
+PACKAGE_PARENT = str(Path(pystrands.__file__).resolve().parent.parent)
 
 LISTENING = re.compile(r"websocket=(\S+) backend=(\S+)")
 EXE = "pystrands-server" + (".exe" if os.name == "nt" else "")

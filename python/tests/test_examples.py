@@ -10,14 +10,14 @@ import time
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import REPO, TIMEOUT, http_status_of
+from conftest import PACKAGE_PARENT, REPO, TIMEOUT, http_status_of
 
 EXAMPLES = REPO / "examples"
 
 
 def start_example(name, broker, *args):
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO / "python") + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PACKAGE_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"  # its prints are asserted on
     return subprocess.Popen(
         [sys.executable, str(EXAMPLES / name), "--host", "127.0.0.1", "--port", str(broker.tcp_port), *args],

@@ -11,9 +11,9 @@ import threading
 
 import pytest
 
-from conftest import LISTENING, REPO, TIMEOUT
+from conftest import LISTENING, PACKAGE_PARENT, TIMEOUT
 
-PYTHON_SRC = str(REPO / "python")
+PYTHON_SRC = PACKAGE_PARENT
 
 
 def env_with(**extra):
