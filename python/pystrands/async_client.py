@@ -201,7 +201,8 @@ class AsyncPyStrandsClient:
         self.connected = True
         self._reading_paused = False
         if self._inbox is None:
-            self._inbox = inbox = deque()
+            inbox: Deque[Any] = deque()
+            self._inbox = inbox
             self._consumer = loop.create_task(self._consume(inbox))
         logger.info("connected to the broker at %s:%s", self.host, self.port)
         return True

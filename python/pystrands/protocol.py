@@ -28,8 +28,8 @@ from __future__ import annotations
 import json
 import uuid
 from base64 import b64decode, b64encode
-from json.encoder import encode_basestring as _escape  # C implementation when available
-from typing import Any, Dict, List, Optional, Tuple, Union
+from json.encoder import encode_basestring
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .context import ConnectionRequestContext, Context
 from .errors import ProtocolError
@@ -82,8 +82,11 @@ MESSAGE_TO_CONNECTION = "message_to_connection"
 #: the stream is corrupt, and buffering it further would only waste memory.
 MAX_LINE_BYTES = 64 * 1024 * 1024
 
-_scan_once = json.JSONDecoder().scan_once
-_scanstring = json.decoder.scanstring  # C implementation when available
+# The C implementations when available. Typed loosely: the typeshed stubs do
+# not declare these, and the encoders pass non-str on purpose (TypeError path).
+_escape: Callable[[Any], str] = encode_basestring
+_scan_once: Callable[[str, int], Tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_scanstring: Callable[[str, int, bool], Tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
 _json_loads = json.loads
 _compact_dumps = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":")
@@ -268,7 +271,7 @@ def _bad_text(name: str, value: object) -> Exception:
     return TypeError(f"{name} must be a str, not {type(value).__name__}")
 
 
-def _binary_params(message: Message) -> str:
+def _binary_params(message: Union[bytes, bytearray, memoryview]) -> str:
     return f'"message":"{b64encode(message).decode("ascii")}","binary":true}}}}\n'
 
 
@@ -401,5 +404,5 @@ def context_from_params(params: Dict[str, Any]) -> Context:
 def decide_accepted(result: object, request: ConnectionRequestContext) -> bool:
     """A bool returned by the handler wins; anything else means ``request.accepted``."""
     if result is True or result is False:
-        return result  # type: ignore[return-value]
+        return result
     return bool(request.accepted)
