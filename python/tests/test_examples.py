@@ -89,3 +89,19 @@ def test_chat_app(broker):
             assert ann.recv(timeout=TIMEOUT) == "* bob left"
     finally:
         stop(proc)
+
+
+@pytest.mark.parametrize("flags", [[], ["--async"]], ids=["sync", "async"])
+def test_ctrl_c_stops_a_backend_cleanly(broker, flags):
+    import signal
+
+    proc = start_example("echo_backend.py", broker, *flags)
+    try:
+        with connect_when_backend_is_up(broker.ws_url("/e"), proc) as ws:
+            ws.send("up?")
+            assert ws.recv(timeout=TIMEOUT) == "up?"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 0
+    finally:
+        out = stop(proc)
+    assert "Traceback" not in out, out
