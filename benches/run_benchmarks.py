@@ -478,7 +478,7 @@ def fmt(v, key):
     if key.endswith("_us"):
         return f"{v:.3f} µs" if v < 1 else f"{v:.2f} µs"
     if key.endswith("_bytes"):
-        return f"{v:.0f} B"
+        return f"{v:.0f} B" if v < 10000 else f"{v / 1024:.0f} KB"
     if key.endswith("_busy"):
         return f"{v * 100:.0f}%"
     return f"{v:g}"
@@ -505,6 +505,103 @@ def table(doc):
     return "\n".join(rows)
 
 
+# The issue's targets table: (scenario id, label, key, Go broker figure,
+# target as (kind, bound)): "ratio" = broker/limit at most bound, "max" =
+# broker figure at most bound.
+TARGETS = [
+    ("fanout_1000x1000", "deliveries/s", "deliveries_per_s", "60,000", None),
+    ("fanout_1000x1000", "CPU per delivery", "server_cpu_per_delivery_us", "16 µs", ("ratio", 2.0)),
+    ("fanout_1000x1000", "latency p50", "latency_p50_us", "", None),
+    ("fanout_1000x1000", "latency p99", "latency_p99_us", "", None),
+    ("fanout_10000x100", "deliveries/s", "deliveries_per_s", "50,000", None),
+    ("fanout_10000x100", "CPU per delivery", "server_cpu_per_delivery_us", "20 µs", ("ratio", 2.0)),
+    ("fanout_10000x100", "latency p50", "latency_p50_us", "", None),
+    ("fanout_10000x100", "latency p99", "latency_p99_us", "", None),
+    ("fanout_rate30", "deliveries/s", "deliveries_per_s", "", None),
+    ("fanout_rate30", "CPU per delivery", "server_cpu_per_delivery_us", "16.5 µs", ("ratio", 1.2)),
+    ("fanout_rate30", "latency p50", "latency_p50_us", "10–18 ms", None),
+    ("fanout_rate30", "latency p99", "latency_p99_us", "27–74 ms", ("ratio", 1.2)),
+    ("broadcast_1000x1000", "deliveries/s", "deliveries_per_s", "", None),
+    ("broadcast_1000x1000", "CPU per delivery", "server_cpu_per_delivery_us", "", None),
+    ("broadcast_1000x1000", "latency p99", "latency_p99_us", "", None),
+    ("echo_100x1", "round trips/s", "round_trips_per_s", "10,000", None),
+    ("echo_100x1", "CPU per round trip", "server_cpu_per_round_trip_us", "71 µs", ("ratio", 1.5)),
+    ("echo_100x1", "latency p50", "latency_p50_us", "9 ms", None),
+    ("echo_100x1", "latency p99", "latency_p99_us", "28 ms", ("ratio", 1.5)),
+    ("echo_70k", "round trips/s", "round_trips_per_s", "", None),
+    ("echo_70k", "CPU per round trip", "server_cpu_per_round_trip_us", "", None),
+    ("echo_70k", "latency p99", "latency_p99_us", "", None),
+    ("conns_19000", "connections/s", "connects_per_s", "3,300 (10,000 conns)", None),
+    ("conns_19000", "CPU per connection", "server_connect_cpu_per_conn_us", "268 µs", ("ratio", 2.0)),
+    ("conns_19000", "RSS per connection", "rss_per_conn_bytes", "34 KB", ("max", 2048)),
+]
+
+
+def verdict(b, l, target):
+    if target is None or b is None:
+        return ""
+    kind, bound = target
+    if kind == "ratio":
+        if not l:
+            return "?"
+        r = b / l
+        return f"{'met' if r <= bound else 'MISSED'} (≤ {bound:g}x)"
+    return f"{'met' if b <= bound else 'MISSED'} (≤ {fmt(bound, 'x_bytes')})"
+
+
+def markdown(doc):
+    """The BENCHMARKS.md results table: medians, ratio, Go broker, target."""
+    sc = doc.get("scenarios", {})
+    rows = [
+        "| scenario | figure | broker | limit mode | broker / limit | Go broker (issue) | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    last = None
+    for sid, label, key, go, target in TARGETS:
+        s = sc.get(sid)
+        if not s:
+            continue
+        b = s["broker"]["median"].get(key)
+        l = s["limit"]["median"].get(key)
+        r = f"{b / l:.2f}" if b is not None and l else "-"
+        title = s["title"] if sid != last else ""
+        last = sid
+        rows.append(f"| {title} | {label} | {fmt(b, key)} | {fmt(l, key)} | {r} | {go} | {verdict(b, l, target)} |")
+    lin = doc.get("linear") or {}
+    if lin:
+        rows.append("")
+        rows.append("| subscribers (100 messages each) | broker CPU per delivery | limit CPU per delivery | broker / limit |")
+        rows.append("|---|---|---|---|")
+        vals = []
+        for n, sid in lin.items():
+            s = sc.get(sid)
+            if not s:
+                continue
+            b = s["broker"]["median"].get("server_cpu_per_delivery_us")
+            l = s["limit"]["median"].get("server_cpu_per_delivery_us")
+            if b is not None:
+                vals.append(b)
+            rows.append(f"| {int(n):,} | {fmt(b, 'cpu_us')} | {fmt(l, 'cpu_us')} | {b / l if b and l else 0:.2f} |")
+        if vals:
+            rows.append(f"\nbroker CPU per delivery, highest / lowest over the series: {max(vals) / min(vals):.2f} (target ≤ 1.20)")
+    sw = doc.get("sweep") or {}
+    if sw:
+        rows.append("")
+        rows.append("| subscribers (sweep, ~1 M deliveries) | deliveries/s broker / limit | CPU per delivery broker / limit | p99 broker / limit |")
+        rows.append("|---|---|---|---|")
+        for n, sid in sw.items():
+            s = sc.get(sid)
+            if not s:
+                continue
+            m = lambda t, k: s[t]["median"].get(k)
+            rows.append(
+                f"| {int(n):,} ({s['args'][4]} messages) | {fmt(m('broker', 'deliveries_per_s'), 'deliveries_per_s')} / {fmt(m('limit', 'deliveries_per_s'), 'deliveries_per_s')}"
+                f" | {fmt(m('broker', 'server_cpu_per_delivery_us'), 'cpu_us')} / {fmt(m('limit', 'server_cpu_per_delivery_us'), 'cpu_us')}"
+                f" | {fmt(m('broker', 'latency_p99_us'), 'latency_p99_us')} / {fmt(m('limit', 'latency_p99_us'), 'latency_p99_us')} |"
+            )
+    return "\n".join(rows)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="runs per scenario and target (default 3)")
@@ -517,16 +614,18 @@ def main():
     ap.add_argument("--server-bin", help="broker binary (default: the one cargo built for the bench)")
     ap.add_argument("--fresh", action="store_true", help="with --only: drop scenarios of the existing output file")
     ap.add_argument("--list", action="store_true", help="print the scenarios and exit")
-    ap.add_argument("--table", action="store_true", help="print the output file as a Markdown table and exit")
+    ap.add_argument("--table", action="store_true", help="print every figure of the output file as a Markdown table and exit")
+    ap.add_argument("--markdown", action="store_true", help="print the BENCHMARKS.md results table (targets, Go figures) and exit")
     ap.add_argument("-v", "--verbose", action="store_true")
     opts = ap.parse_args()
     if opts.quick and "--runs" not in " ".join(sys.argv):
         opts.runs = 1
     out_path = opts.out or os.path.join(RESULTS_DIR, "results-quick.json" if opts.quick else "results.json")
 
-    if opts.table:
+    if opts.table or opts.markdown:
         with open(out_path) as f:
-            print(table(json.load(f)))
+            doc = json.load(f)
+        print(markdown(doc) if opts.markdown else table(doc))
         return 0
 
     all_sc = scenarios(opts.quick)
