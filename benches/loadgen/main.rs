@@ -57,6 +57,10 @@ fanout / broadcast:
   --rooms R              default 1 (subscriber i joins room i mod R)
   --messages M           default 1000
   --rate X               messages per second; default 0 = as fast as possible
+  --stall N              the first N subscribers stop reading after their first message
+                         (slow consumers; the broker must close them, the others must not
+                         notice); they are drained at the end to see how they were closed.
+                         Their deliveries are kept out of the latency and loss figures
 echo:
   --clients C            default 100
   --inflight K           frames in flight per client, default 1
@@ -92,6 +96,7 @@ pub enum Scenario {
         messages: u64,
         rate: f64,
         broadcast: bool,
+        stall: usize,
     },
     Echo {
         clients: usize,
@@ -232,6 +237,7 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
             messages: a.or("--messages", 1000)?,
             rate: a.or("--rate", 0.0)?,
             broadcast: scenario == "broadcast",
+            stall: a.or("--stall", 0)?,
         },
         "echo" => Scenario::Echo {
             clients: a.or("--clients", 100)?,
@@ -306,6 +312,19 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
     }
     if let Scenario::Fanout { rooms: 0, .. } = cfg.scenario {
         return Err("--rooms must be at least 1".into());
+    }
+    if let Scenario::Fanout {
+        stall, subscribers, ..
+    } = cfg.scenario
+    {
+        if stall >= subscribers && stall > 0 {
+            return Err("--stall must be less than --subscribers".into());
+        }
+        if stall > 0 && cfg.limit {
+            return Err(
+                "--stall is for the broker: the limit server has no slow-consumer bound".into(),
+            );
+        }
     }
     Ok(cfg)
 }

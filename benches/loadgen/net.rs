@@ -45,9 +45,20 @@ pub enum State {
     Closed,
 }
 
+/// `--stall`: a subscriber that stops reading its socket after its first
+/// delivery (a slow consumer), until the run drains it at the end.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Stall {
+    No,
+    AfterFirst,
+    Stalled,
+    Draining,
+}
+
 pub struct Client {
     stream: Option<TcpStream>,
     pub state: State,
+    pub stall: Stall,
     path: String,
     /// Tag every delivery to this client must carry.
     pub tag: u32,
@@ -105,6 +116,10 @@ pub struct Tally {
     pub first_delivery_ns: u64,
     pub last_delivery_ns: u64,
     pub pings: u64,
+    /// Deliveries to `--stall` subscribers (not in `deliveries`).
+    pub stall_deliveries: u64,
+    /// How the server ended `--stall` subscribers (not unexpected).
+    pub stall_closes: BTreeMap<String, u64>,
 }
 
 /// Echo behaviour of the clients.
@@ -468,6 +483,7 @@ impl Net {
         self.clients.push(Client {
             stream: None,
             state: State::Idle,
+            stall: Stall::No,
             path,
             tag,
             expect,
@@ -752,6 +768,9 @@ impl Net {
         } = self;
         let c = &mut clients[i];
         let outcome: Result<(), String> = loop {
+            if c.stall == Stall::Stalled {
+                break Ok(());
+            }
             let Some(s) = c.stream.as_mut() else {
                 return;
             };
@@ -810,6 +829,9 @@ impl Net {
                     self.ctx.inflight_connects -= 1;
                     fail(&mut self.ctx.tally, c, why);
                 }
+                State::Open if c.stall != Stall::No => {
+                    *self.ctx.tally.stall_closes.entry(why).or_default() += 1;
+                }
                 State::Open => {
                     self.ctx.tally.unexpected_closes += 1;
                     *self.ctx.tally.close_reasons.entry(why).or_default() += 1;
@@ -818,6 +840,23 @@ impl Net {
             }
             self.drop_client(i);
         }
+    }
+
+    /// `--stall`: reads what the stalled subscribers left unread (and how
+    /// the server ended them) until each is closed or `wait` has passed.
+    pub fn drain_stalled(&mut self, wait: Duration) -> Result<(), Stop> {
+        let stalled: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| self.clients[i].stall != Stall::No)
+            .collect();
+        for &i in &stalled {
+            self.clients[i].stall = Stall::Draining;
+            self.client_read(i);
+        }
+        let until = Instant::now() + wait;
+        while Instant::now() < until && stalled.iter().any(|&i| self.clients[i].stream.is_some()) {
+            self.turn(Duration::from_millis(20))?;
+        }
+        Ok(())
     }
 
     fn flush_client(&mut self, i: usize) {
@@ -939,6 +978,17 @@ fn message(c: &mut Client, i: usize, p: &[u8], now: u64, ctx: &mut Ctx) {
     let limit = if ctx.echo.is_some() { c.sent } else { c.expect };
     if seq >= limit {
         t.beyond += 1;
+        return;
+    }
+    if c.stall != Stall::No {
+        // Order and duplicates are still checked (c.seen); latency and
+        // the delivery count are the other subscribers'.
+        if let Arrival::New { .. } = c.seen.record(seq) {
+            t.stall_deliveries += 1;
+        }
+        if c.stall == Stall::AfterFirst {
+            c.stall = Stall::Stalled;
+        }
         return;
     }
     if let Arrival::New { .. } = c.seen.record(seq) {

@@ -6,7 +6,7 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::net::{BackendKind, Echo, Net, State, Stop};
+use crate::net::{BackendKind, Echo, Net, Stall, State, Stop};
 use crate::os::{self, CpuSample};
 use crate::report::{fmt_rate, round, Report};
 use crate::target::{Kind, Target};
@@ -334,6 +334,7 @@ fn fanout(
         messages,
         rate,
         broadcast,
+        stall,
     } = cfg.scenario
     else {
         unreachable!()
@@ -348,7 +349,10 @@ fn fanout(
         } else {
             (room, per_room(room))
         };
-        net.add_client(format!("/ws/{room}/c{i}"), tag, expect);
+        let k = net.add_client(format!("/ws/{room}/c{i}"), tag, expect);
+        if i < stall {
+            net.clients[k].stall = Stall::AfterFirst;
+        }
     }
     r.set("subscribers", subscribers);
     r.set("rooms", rooms);
@@ -368,11 +372,12 @@ fn fanout(
         ),
     );
     connect_phase(cfg, target, net, r, rss_start)?;
-    // Clients that failed to connect are reported as such, not as loss.
+    // Clients that failed to connect are reported as such, not as loss;
+    // --stall subscribers apart.
     let expected: u64 = net
         .clients
         .iter()
-        .filter(|c| c.state == State::Open)
+        .filter(|c| c.state == State::Open && c.stall == Stall::No)
         .map(|c| c.expect)
         .sum();
 
@@ -387,8 +392,14 @@ fn fanout(
     let mut all_sent = None;
     let mut last_progress = (0u64, Instant::now());
     let mut stalled = false;
+    let mut rss_max = rss_of(target.pid);
+    let mut rss_sampled = Instant::now();
     loop {
         let now = Instant::now();
+        if now.duration_since(rss_sampled) >= Duration::from_millis(100) {
+            rss_sampled = now;
+            rss_max = rss_max.max(rss_of(target.pid));
+        }
         if sent < messages {
             let b = net.backend.as_mut().expect("fan-out needs a backend");
             if rate > 0.0 {
@@ -475,7 +486,45 @@ fn fanout(
         wait_b.zip(wait_a).map(|(b, a)| b - a),
         wall,
     );
-    r.set("rss_after_kb", rss_of(target.pid));
+    let rss_after = rss_of(target.pid);
+    r.set("rss_after_kb", rss_after);
+    r.set("rss_max_kb", rss_max.max(rss_after));
+    if let (Some(max), Some(after)) = (rss_max.max(rss_after), rss_after) {
+        r.line(
+            "server RSS stream",
+            format!("{max} KiB at most (sampled every 100 ms), {after} KiB after"),
+        );
+    }
+    if stall > 0 {
+        // Past --close-timeout (3 s by default), the server has let go of
+        // every stalled subscriber it closed.
+        net.drain_stalled(Duration::from_secs(5))?;
+        let t = net.tally();
+        let closed_1008: u64 = t
+            .stall_closes
+            .iter()
+            .filter(|(why, _)| why.starts_with("close frame 1008"))
+            .map(|(_, n)| n)
+            .sum();
+        let closed: u64 = t.stall_closes.values().sum();
+        r.set("stalled", stall);
+        r.set("stalled_closed", closed);
+        r.set("stalled_closed_1008", closed_1008);
+        r.set("stalled_deliveries", t.stall_deliveries);
+        r.line(
+            "stalled",
+            format!(
+                "{stall} subscribers stopped reading after their first message: {closed} closed by the server {:?}, {} deliveries to them in all",
+                t.stall_closes, t.stall_deliveries
+            ),
+        );
+        if closed < stall as u64 {
+            r.notes.push(format!(
+                "{} stalled subscribers were still open at the end: the stream did not fill --max-outbound-bytes plus their socket buffers",
+                stall as u64 - closed
+            ));
+        }
+    }
     loss_checks(net, r, expected);
     if stalled {
         r.problems.push(format!(
