@@ -5,7 +5,9 @@ as fast as possible), broker versus the load generator's limit server.
 
 Three panels against the subscriber count (log scale): deliveries/s,
 p99 latency, and server CPU per delivery. Lines join the medians; a
-vertical bar spans the lowest to the highest run.
+vertical bar spans the lowest to the highest run. The CPU panel also shows,
+dashed, the fixed-batch series (100 messages at every size) of the
+linear-cost target, when results.json has it.
 
     python3 benches/chart.py [--in results.json] [--out fanout.svg]
 
@@ -54,10 +56,10 @@ def fmt_tick(v, unit):
     return f"{v:g}"
 
 
-def series(doc, target, key, scale):
-    """[(subscribers, median, lo, hi)] from the sweep."""
+def series(doc, target, key, scale, which="sweep"):
+    """[(subscribers, median, lo, hi)] from the sweep (or the linear series)."""
     pts = []
-    for n, sid in sorted(doc.get("sweep", {}).items(), key=lambda kv: int(kv[0])):
+    for n, sid in sorted((doc.get(which) or {}).items(), key=lambda kv: int(kv[0])):
         s = doc["scenarios"].get(sid)
         if not s:
             continue
@@ -79,9 +81,10 @@ def series(doc, target, key, scale):
     return pts
 
 
-def panel(out, left, key, title, unit, scale, doc, xs):
+def panel(out, left, key, title, unit, scale, doc, xs, dashed=None):
     data = {t: series(doc, t, key, scale) for t in ("broker", "limit")}
-    ymax = max([p[3] for pts in data.values() for p in pts] + [1e-9])
+    extra = {t: series(doc, t, key, scale, dashed) for t in ("broker", "limit")} if dashed else {}
+    ymax = max([p[3] for pts in list(data.values()) + list(extra.values()) for p in pts] + [1e-9])
     step = nice_step(ymax)
     ytop = step * math.ceil(ymax / step * 1.0001)
     x0, x1 = math.log10(min(xs)), math.log10(max(xs))
@@ -111,6 +114,10 @@ def panel(out, left, key, title, unit, scale, doc, xs):
         f'<text x="{left - 52}" y="{TOP + PANEL_H / 2}" class="axis" '
         f'transform="rotate(-90 {left - 52} {TOP + PANEL_H / 2})">{escape(unit)}</text>'
     )
+    for t, pts in extra.items():
+        if len(pts) > 1:
+            d = " ".join(f"{X(n):.1f},{Y(m):.1f}" for n, m, _, _ in pts)
+            out.append(f'<polyline points="{d}" fill="none" stroke="{COLORS[t]}" stroke-width="1.8" stroke-dasharray="6 4" opacity="0.85"/>')
     for t, pts in data.items():
         c = COLORS[t]
         if len(pts) > 1:
@@ -171,10 +178,11 @@ def main():
         f'<text x="20" y="48" class="sub">{escape(f"one room, 64-byte messages, about 1,000,000 deliveries per run, as fast as possible; broker on core 0, load generator on core 1; median of {runs} runs, bars: lowest to highest run")}</text>',
         f'<text x="20" y="65" class="sub">{escape(machine_line(m))}</text>',
     ]
+    dashed = "linear" if len(doc.get("linear") or {}) > 1 else None
     for left, (key, title, unit, scale) in zip(LEFTS, PANELS):
-        panel(out, left, key, title, unit, scale, doc, xs)
+        panel(out, left, key, title, unit, scale, doc, xs, dashed if key == "server_cpu_per_delivery_us" else None)
     ly = H - 16
-    lx = 330
+    lx = 150
     for t in ("broker", "limit"):
         c = COLORS[t]
         out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 30}" y2="{ly - 4}" stroke="{c}" stroke-width="2.5"/>')
@@ -184,6 +192,10 @@ def main():
             out.append(f'<rect x="{lx + 11}" y="{ly - 8}" width="8" height="8" fill="{c}"/>')
         out.append(f'<text x="{lx + 38}" y="{ly}" class="legend">{escape(LABELS[t])}</text>')
         lx += 330
+    if dashed:
+        n = (doc.get("scenarios", {}).get(next(iter(doc["linear"].values()))) or {}).get("args", ["", "", "", "", "?"])[4]
+        out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 30}" y2="{ly - 4}" stroke="#555" stroke-width="1.8" stroke-dasharray="6 4"/>')
+        out.append(f'<text x="{lx + 38}" y="{ly}" class="legend">{escape(f"CPU panel, dashed: {n} messages at every size")}</text>')
     out.append("</svg>")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
