@@ -134,6 +134,9 @@ struct Client {
     outq: OutQueue,
     readable: bool,
     writable: bool,
+    /// The peer closed its side or the socket failed: read to the end
+    /// rather than trusting a short read to mean "drained".
+    hup: bool,
     /// Listed in `Server::dirty_clients` this turn.
     dirty: bool,
     /// Set once the client is accepted.
@@ -157,6 +160,8 @@ struct Backend {
     out_pos: usize,
     readable: bool,
     writable: bool,
+    /// As for clients: the peer closed or the socket failed.
+    hup: bool,
     dirty: bool,
     closing: bool,
     /// Clients whose reading stopped because this backend's buffer passed
@@ -252,6 +257,8 @@ pub struct Server {
     shutdown_deadline: Option<Instant>,
     /// When to retry accepting after an accept error.
     accept_retry: Option<Instant>,
+    /// Accepting fails (warned once per shortage, not at every retry).
+    accept_failing: bool,
     /// The ping frame every client gets, encoded once.
     ping_frame: Shared,
     stats: Stats,
@@ -345,6 +352,7 @@ impl Server {
             dead_backends: Vec::new(),
             shutdown_deadline: None,
             accept_retry: None,
+            accept_failing: false,
             ping_frame: encode::ping(b""),
             stats: Stats::default(),
         })
@@ -385,6 +393,7 @@ impl Server {
                         let key = t - BACKEND_BASE;
                         if let Some(b) = self.backends.get_mut(key) {
                             b.readable |= event.is_readable() || event.is_read_closed();
+                            b.hup |= event.is_read_closed() || event.is_error();
                             if event.is_writable() {
                                 b.writable = true;
                                 self.mark_backend_dirty(key);
@@ -399,6 +408,7 @@ impl Server {
                         if let Some(c) = self.clients.get_mut(key) {
                             c.readable |=
                                 event.is_readable() || event.is_read_closed() || event.is_error();
+                            c.hup |= event.is_read_closed() || event.is_error();
                             if event.is_writable() {
                                 c.writable = true;
                                 self.mark_client_dirty(key);
@@ -491,6 +501,7 @@ impl Server {
                     return;
                 }
             };
+            self.accept_succeeded();
             let _ = sock.set_nodelay(true);
             let serial = self.serial();
             let entry = self.clients.vacant_entry();
@@ -514,6 +525,7 @@ impl Server {
                 outq: OutQueue::new(),
                 readable: false,
                 writable: false,
+                hup: false,
                 dirty: false,
                 context: None,
                 backend: None,
@@ -535,7 +547,8 @@ impl Server {
     fn accept_failed(&mut self, e: io::Error) {
         let now = Instant::now();
         let out_of_fds = matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
-        if self.accept_retry.is_none() {
+        if !self.accept_failing {
+            self.accept_failing = true;
             if out_of_fds {
                 warn!(
                     "cannot accept: out of file descriptors ({e}); {} clients and {} backends open, retrying in {} ms",
@@ -548,6 +561,14 @@ impl Server {
             }
         }
         self.accept_retry = Some(now + ACCEPT_RETRY);
+    }
+
+    /// A connection was accepted: a shortage reported by `accept_failed` is over.
+    fn accept_succeeded(&mut self) {
+        if self.accept_failing {
+            self.accept_failing = false;
+            info!("accepting connections again");
+        }
     }
 
     fn accept_backends(&mut self) {
@@ -564,6 +585,7 @@ impl Server {
                     return;
                 }
             };
+            self.accept_succeeded();
             let _ = sock.set_nodelay(true);
             let serial = self.serial();
             let entry = self.backends.vacant_entry();
@@ -586,6 +608,7 @@ impl Server {
                 out_pos: 0,
                 readable: false,
                 writable: false,
+                hup: false,
                 dirty: false,
                 closing: false,
                 paused: Vec::new(),
@@ -716,6 +739,14 @@ impl Server {
                     if b.serial == r.serial && !b.closing && b.out.len() - b.out_pos > limit {
                         // TCP backpressure: leave the client's bytes in its
                         // socket until the backend catches up.
+                        if b.paused.is_empty() {
+                            warn!(
+                                "backend {} is {} bytes behind (see --max-backend-buffer): \
+                                 reading from its clients paused until it catches up",
+                                b.peer,
+                                b.out.len() - b.out_pos
+                            );
+                        }
                         c.paused = true;
                         b.paused.push(ConnRef {
                             key,
@@ -763,6 +794,14 @@ impl Server {
                 self.consume_client_inbuf(key);
             }
             self.scratch = scratch;
+            if n < READ_CHUNK {
+                // A short read emptied the socket: the next bytes bring a
+                // new edge, so skip the read that would only say WouldBlock
+                // (unless the peer hung up, whose EOF must still be read).
+                if let Some(c) = self.clients.get_mut(key).filter(|c| !c.hup) {
+                    c.readable = false;
+                }
+            }
         }
     }
 
@@ -1194,6 +1233,12 @@ impl Server {
                 }
             }
             self.scratch = scratch;
+            if n < READ_CHUNK {
+                // Drained, as for clients.
+                if let Some(b) = self.backends.get_mut(key).filter(|b| !b.hup) {
+                    b.readable = false;
+                }
+            }
             if self
                 .backends
                 .get(key)
@@ -1481,7 +1526,8 @@ impl Server {
             if !matches!(c.phase, Phase::Open) {
                 continue;
             }
-            if c.alive {
+            // A paused client's pong may sit unread in its socket: not its fault.
+            if c.alive || c.paused {
                 self.ping_due
                     .push_back((now + self.config.ping_interval, r));
             } else {
@@ -1648,6 +1694,11 @@ impl Server {
                     && b.out.len() - b.out_pos <= self.config.max_backend_buffer / 2
                 {
                     let paused = std::mem::take(&mut b.paused);
+                    info!(
+                        "backend {} caught up: reading from {} paused clients again",
+                        b.peer,
+                        paused.len()
+                    );
                     self.resume(paused);
                 }
             }
