@@ -3,8 +3,9 @@
 Task model
 ----------
 Everything runs on the event loop that called :meth:`AsyncPyStrandsClient.connect`.
-The connection is an :class:`asyncio.Protocol`: each chunk the loop reads is
-split and decoded at once (:mod:`pystrands.protocol`) inside ``data_received``.
+The connection is an :class:`asyncio.BufferedProtocol` reading into one
+reused buffer; each chunk the loop reads is split and decoded at once
+(:mod:`pystrands.protocol`) inside ``buffer_updated``.
 
 - ``connection_request`` is answered right there: ``on_connection_request``
   is called at once; if it is a coroutine function, its coroutine runs as its
