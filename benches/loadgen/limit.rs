@@ -221,7 +221,7 @@ impl Server {
                 Ok(n) => {
                     buf.truncate(start + n);
                     let mut done = 0;
-                    while let Some(nl) = buf[done..].iter().position(|&b| b == b'\n') {
+                    while let Some(nl) = memchr::memchr(b'\n', &buf[done..]) {
                         let line = &buf[done..done + nl];
                         if let Some(tab) = line.iter().position(|&b| b == b'\t') {
                             self.fan_out(&line[..tab], &line[tab + 1..]);

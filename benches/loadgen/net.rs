@@ -180,9 +180,28 @@ pub struct Backend {
 }
 
 fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
+    const CHUNK: usize = 32;
+    // Bitwise over a fixed-size chunk with no early exit, so the compiler
+    // vectorises it: a 70 KB message is scanned in a few µs, where a
+    // byte-by-byte scan made the tool, not the broker, the bottleneck.
+    fn clean(chunk: &[u8; CHUNK]) -> bool {
+        let mut m = 0u8;
+        for &b in chunk {
+            m |= ((b == b'"') | (b == b'\\') | (b < 0x20)) as u8;
+        }
+        m == 0
+    }
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in s.iter().enumerate() {
+    let mut i = 0;
+    while i < s.len() {
+        if let Some(chunk) = s.get(i..i + CHUNK) {
+            if clean(chunk.try_into().expect("a CHUNK-byte slice")) {
+                i += CHUNK;
+                continue;
+            }
+        }
+        let b = s[i];
         if b == b'"' || b == b'\\' || b < 0x20 {
             out.extend_from_slice(&s[start..i]);
             match b {
@@ -192,6 +211,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
             }
             start = i + 1;
         }
+        i += 1;
     }
     out.extend_from_slice(&s[start..]);
     out.push(b'"');
@@ -282,7 +302,7 @@ impl Backend {
     fn lines(&mut self) {
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut done = 0;
-        while let Some(nl) = rbuf[done..].iter().position(|&b| b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', &rbuf[done..]) {
             if self.kind == BackendKind::Broker {
                 self.event(&mut rbuf[done..done + nl]);
             }
