@@ -233,6 +233,8 @@ pub struct Server {
     /// Connect-timeout deadlines, in order (the timeout is constant): for
     /// the upgrade request to arrive, then for the backend's answer.
     connect_deadlines: VecDeque<(Instant, ConnRef, Wait)>,
+    /// Backends that must authenticate by then (`--connect-timeout`), in order.
+    auth_deadlines: VecDeque<(Instant, ConnRef)>,
     /// When each open client gets its next ping, in order.
     ping_due: VecDeque<(Instant, ConnRef)>,
     /// When each pinged client must have shown a sign of life, in order.
@@ -338,6 +340,7 @@ impl Server {
             next_backend: 0,
             queue: VecDeque::new(),
             connect_deadlines: VecDeque::new(),
+            auth_deadlines: VecDeque::new(),
             ping_due: VecDeque::new(),
             pong_due: VecDeque::new(),
             close_deadlines: VecDeque::new(),
@@ -459,6 +462,7 @@ impl Server {
         let mut next = self.next_heartbeat;
         for d in [
             self.connect_deadlines.front().map(|e| e.0),
+            self.auth_deadlines.front().map(|e| e.0),
             self.ping_due.front().map(|e| e.0),
             self.pong_due.front().map(|e| e.0),
         ]
@@ -618,6 +622,10 @@ impl Server {
                 self.backend_ready(key);
             } else {
                 info!("backend {peer} connected; waiting for its auth line");
+                self.auth_deadlines.push_back((
+                    Instant::now() + self.config.connect_timeout,
+                    ConnRef { key, serial },
+                ));
             }
         }
     }
@@ -664,14 +672,24 @@ impl Server {
             "backend {} refused: its first line was not a valid auth line",
             b.peer
         );
+        self.refuse_backend(key, "authentication failed");
+    }
+
+    /// Tells an unauthenticated backend why it is refused, then closes it.
+    fn refuse_backend(&mut self, key: usize, why: &str) {
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
         let mut line = Vec::new();
         backend::push_line_error(
             &mut line,
             None,
-            "authentication failed: the first line must be \
-             {\"action\":\"auth\",\"params\":{\"token\":\"<the broker's --backend-token>\"}}",
+            &format!(
+                "{why}: the first line must be \
+                 {{\"action\":\"auth\",\"params\":{{\"token\":\"<the broker's --backend-token>\"}}}}"
+            ),
         );
-        // Best effort: the socket's send buffer is empty at this point.
+        // Best effort: nothing else was ever written to this socket.
         let _ = b.sock.write(&line);
         self.end_backend(key);
     }
@@ -1498,6 +1516,23 @@ impl Server {
                     );
                 }
                 _ => {}
+            }
+        }
+        while let Some(&(deadline, r)) = self.auth_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.auth_deadlines.pop_front();
+            let waiting = self
+                .backends
+                .get(r.key)
+                .filter(|b| b.serial == r.serial && !b.authenticated);
+            if let Some(b) = waiting {
+                warn!(
+                    "backend {} refused: no auth line within --connect-timeout",
+                    b.peer
+                );
+                self.refuse_backend(r.key, "no auth line within --connect-timeout");
             }
         }
         while let Some(&(due, r)) = self.ping_due.front() {

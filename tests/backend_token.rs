@@ -91,3 +91,14 @@ fn a_backend_that_has_not_authenticated_gets_no_events() {
         "an unauthenticated backend got an event"
     );
 }
+
+/// A backend that connects and says nothing is told why and closed after
+/// --connect-timeout, so a missing token shows up on the backend's side
+/// instead of a connection that looks healthy while clients get 503.
+#[test]
+fn a_silent_backend_is_refused_after_the_connect_timeout() {
+    let broker = Broker::start(&["--backend-token", TOKEN, "--connect-timeout", "0.3"]);
+    let mut silent = Backend::connect_only(&broker);
+    expect_refusal(&mut silent);
+    broker.wait_log(&["WARN", "no auth line within --connect-timeout"]);
+}
