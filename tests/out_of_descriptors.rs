@@ -25,14 +25,19 @@ const FLOOD: usize = 200;
 const IDLE_CPU_BOUND: Duration = Duration::from_millis(200);
 
 fn start_with_nofile(flags: &[&str]) -> Broker {
-    Broker::start_with_command(flags, &[], |cmd| {
+    start_with_limits(flags, NOFILE, NOFILE)
+}
+
+/// Starts the broker with the open-file limit at `soft` / `hard`.
+fn start_with_limits(flags: &[&str], soft: libc::rlim_t, hard: libc::rlim_t) -> Broker {
+    Broker::start_with_command(flags, &[], move |cmd| {
         // SAFETY: the closure runs in the forked child before exec and only
         // calls setrlimit, which is async-signal-safe.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 let limit = libc::rlimit {
-                    rlim_cur: NOFILE,
-                    rlim_max: NOFILE,
+                    rlim_cur: soft,
+                    rlim_max: hard,
                 };
                 if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
                     return Err(std::io::Error::last_os_error());
@@ -162,4 +167,24 @@ fn running_out_of_descriptors_is_warned_once_not_at_every_retry() {
         warnings <= 2,
         "{warnings} 'out of file descriptors' warnings in about a second of one shortage"
     );
+}
+
+/// At start the soft limit is raised to the hard one (many systems start
+/// processes at 1,024), both are logged, and --max-connections is lowered
+/// to what the raised limit allows.
+#[test]
+fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
+    let broker = start_with_limits(&[], 100, 200);
+    broker.wait_log(&["INFO", "open-file limit: soft 100 raised to 200"]);
+    broker.wait_log(&[
+        "WARN",
+        "--max-connections 100000 lowered to 136: the open-file limit is 200",
+    ]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let values: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(values, ["200", "200"], "{line}");
 }
