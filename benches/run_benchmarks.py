@@ -297,11 +297,27 @@ def machine():
     }
 
 
-def build(verbose):
+def export_commit(rev, dest):
+    """A clean copy of commit `rev` in `dest` (git archive), to build from."""
+    commit = sh(["git", "rev-parse", "--verify", rev + "^{commit}"], cwd=ROOT)
+    if not commit:
+        sys.exit(f"--commit: {rev!r} is not a commit")
+    os.makedirs(dest, exist_ok=True)
+    arch = subprocess.Popen(["git", "archive", "--format=tar", commit], cwd=ROOT, stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", dest], stdin=arch.stdout, check=True)
+    if arch.wait() != 0:
+        sys.exit("git archive failed")
+    return commit
+
+
+def build(verbose, src=ROOT, target_dir=None):
     """Builds the loadgen bench once; returns (loadgen, pystrands-server) paths."""
     cmd = ["cargo", "bench", "--bench", "loadgen", "--no-run", "--message-format=json-render-diagnostics"]
-    print("building:", " ".join(cmd), file=sys.stderr)
-    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.PIPE, text=True)
+    print("building:", " ".join(cmd), "in", src, file=sys.stderr)
+    env = dict(os.environ)
+    if target_dir:
+        env["CARGO_TARGET_DIR"] = target_dir
+    p = subprocess.run(cmd, cwd=src, env=env, stdout=subprocess.PIPE, stderr=None if verbose else subprocess.PIPE, text=True)
     if p.returncode != 0:
         sys.stderr.write(p.stderr or "")
         sys.exit(f"build failed ({p.returncode})")
@@ -320,7 +336,7 @@ def build(verbose):
             server = m["executable"]
     if loadgen is None:
         # As the loadgen README says: the newest target/release/deps/loadgen-*.
-        deps = os.path.join(ROOT, "target", "release", "deps")
+        deps = os.path.join(target_dir or os.path.join(src, "target"), "release", "deps")
         cands = [
             os.path.join(deps, f)
             for f in os.listdir(deps)
@@ -328,7 +344,7 @@ def build(verbose):
         ]
         loadgen = max(cands, key=os.path.getmtime) if cands else None
     if server is None:
-        server = os.path.join(ROOT, "target", "release", "pystrands-server")
+        server = os.path.join(target_dir or os.path.join(src, "target"), "release", "pystrands-server")
     if not loadgen or not os.path.exists(loadgen) or not os.path.exists(server):
         sys.exit(f"cannot find the built binaries (loadgen {loadgen}, server {server})")
     return loadgen, server
@@ -612,6 +628,11 @@ def main():
     ap.add_argument("--core", type=int, default=1)
     ap.add_argument("--loadgen", help="use this loadgen binary instead of building (the broker is then --server-bin or target/release/pystrands-server)")
     ap.add_argument("--server-bin", help="broker binary (default: the one cargo built for the bench)")
+    ap.add_argument(
+        "--commit",
+        help="build from a clean export of this commit (git archive into a temporary directory, "
+        "own target dir) instead of the working tree, so the figures belong to a commit",
+    )
     ap.add_argument("--fresh", action="store_true", help="with --only: drop scenarios of the existing output file")
     ap.add_argument("--list", action="store_true", help="print the scenarios and exit")
     ap.add_argument("--table", action="store_true", help="print every figure of the output file as a Markdown table and exit")
@@ -651,14 +672,25 @@ def main():
     if opts.runs < 1:
         ap.error("--runs must be at least 1")
 
+    tmp = tempfile.mkdtemp(prefix="pystrands-bench-")
+    built_commit = None
     if opts.loadgen:
         loadgen = opts.loadgen
         server = opts.server_bin or os.path.join(ROOT, "target", "release", "pystrands-server")
+    elif opts.commit:
+        src = os.path.join(tmp, "src-tree")
+        built_commit = export_commit(opts.commit, src)
+        # A persistent target dir per checkout keeps rebuilds incremental.
+        target_dir = os.path.join(ROOT, "target", "bench-commit")
+        loadgen, server = build(opts.verbose, src=src, target_dir=target_dir)
+        server = opts.server_bin or server
     else:
         loadgen, server = build(opts.verbose)
         server = opts.server_bin or server
+        dirty = sh(["git", "status", "--porcelain", "--", "src", "benches/loadgen", "Cargo.toml", "Cargo.lock"], cwd=ROOT)
+        if dirty:
+            print(f"warning: built from a working tree with uncommitted changes:\n{dirty}\n(use --commit HEAD for figures that belong to a commit)", file=sys.stderr)
     # Snapshot both binaries: someone else's rebuild must not change them mid-run.
-    tmp = tempfile.mkdtemp(prefix="pystrands-bench-")
     bins = {"loadgen": os.path.join(tmp, "loadgen"), "server": os.path.join(tmp, "pystrands-server")}
     shutil.copy2(loadgen, bins["loadgen"])
     shutil.copy2(server, bins["server"])
@@ -675,12 +707,16 @@ def main():
             {"machine": old.get("machine"), "config": old.get("config"), "scenarios_kept": sorted(doc["scenarios"])}
         ]
     doc["machine"] = machine()
+    if built_commit:
+        doc["machine"]["git_commit"] = built_commit
+        doc["machine"]["git_dirty"] = None
     doc["config"] = {
         "runs": opts.runs,
         "quick": opts.quick,
         "server_core": opts.server_core,
         "core": opts.core,
         "scenarios": [s["id"] for s in chosen],
+        "built_from": f"commit {built_commit} (clean export)" if built_commit else ("--loadgen" if opts.loadgen else "working tree"),
         "loadgen_binary": loadgen,
         "loadgen_sha256": sha256(bins["loadgen"]),
         "server_binary": server,
