@@ -254,15 +254,31 @@ def loadavg():
         return None
 
 
-def cpu_model():
+def cpuinfo():
+    """The first CPU's fields of /proc/cpuinfo."""
+    info = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                info[k.strip()] = v.strip()
     except OSError:
         pass
-    return platform.processor() or None
+    return info
+
+
+def cpu_model():
+    return cpuinfo().get("model name") or platform.processor() or None
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
 
 
 def sha256(path):
@@ -281,6 +297,16 @@ def machine():
     return {
         "nproc": int(sh(["nproc"]) or os.cpu_count() or 0),
         "cpu_model": cpu_model(),
+        "cpu_family_model": "family {} model {} stepping {}".format(
+            cpuinfo().get("cpu family"), cpuinfo().get("model"), cpuinfo().get("stepping")
+        ),
+        "cpu_mhz": cpuinfo().get("cpu MHz"),
+        "hypervisor": "hypervisor" in cpuinfo().get("flags", "").split(),
+        "mem_total": (read("/proc/meminfo") or "").splitlines()[0].split(":")[1].strip() if read("/proc/meminfo") else None,
+        "tcp_congestion_control": read("/proc/sys/net/ipv4/tcp_congestion_control"),
+        "tcp_rmem": read("/proc/sys/net/ipv4/tcp_rmem"),
+        "tcp_wmem": read("/proc/sys/net/ipv4/tcp_wmem"),
+        "lo_mtu": read("/sys/class/net/lo/mtu"),
         "kernel": platform.release(),
         "kernel_version": platform.version(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
