@@ -77,6 +77,24 @@ pub struct Stats {
     pub bad_backend_lines: u64,
 }
 
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "accepted {}, rejected {}, unavailable {}, slow consumers {}, protocol errors {}, \
+             ping timeouts {}, dropped events {}, refused backend lines {}",
+            self.accepted,
+            self.rejected,
+            self.unavailable,
+            self.slow_consumers,
+            self.protocol_errors,
+            self.ping_timeouts,
+            self.dropped_events,
+            self.bad_backend_lines
+        )
+    }
+}
+
 /// Start-up failures: each names the flag whose value could not be used.
 #[derive(Debug)]
 pub struct StartError(pub String);
@@ -435,15 +453,9 @@ impl Server {
                     && self.backends.iter().all(|(_, b)| b.out_pos == b.out.len());
                 if drained || Instant::now() >= deadline {
                     info!(
-                        "stopped: {} clients still open at exit; accepted {}, rejected {}, \
-                         unavailable {}, slow consumers {}, protocol errors {}, dropped events {}",
+                        "stopped: {} clients still open at exit; {}",
                         self.clients.len(),
-                        self.stats.accepted,
-                        self.stats.rejected,
-                        self.stats.unavailable,
-                        self.stats.slow_consumers,
-                        self.stats.protocol_errors,
-                        self.stats.dropped_events
+                        self.stats
                     );
                     return Ok(self.stats);
                 }
