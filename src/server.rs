@@ -53,6 +53,8 @@ const BACKEND_BASE: usize = usize::MAX / 2;
 const READ_BUDGET: usize = 256 * 1024;
 /// Size of one read from a socket.
 const READ_CHUNK: usize = 64 * 1024;
+/// Steps of the ping sweep per `--ping-interval`.
+const PING_SLICES: u32 = 16;
 /// Pause before accepting again after an accept error (such as EMFILE).
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -165,6 +167,8 @@ struct Client {
     paused: bool,
     /// A frame arrived since the last ping was sent.
     alive: bool,
+    /// A ping was sent and its deadline has not been checked yet.
+    awaiting_pong: bool,
 }
 
 /// One application backend connection.
@@ -253,8 +257,12 @@ pub struct Server {
     connect_deadlines: VecDeque<(Instant, ConnRef, Wait)>,
     /// Backends that must authenticate by then (`--connect-timeout`), in order.
     auth_deadlines: VecDeque<(Instant, ConnRef)>,
-    /// When each open client gets its next ping, in order.
-    ping_due: VecDeque<(Instant, ConnRef)>,
+    /// Next step of the ping sweep, which walks the open clients a slice at
+    /// a time so each is pinged about once per `--ping-interval` (no timer
+    /// per connection, so churn leaves nothing behind).
+    next_ping_sweep: Instant,
+    /// Where the ping sweep resumes in the hub's list of open clients.
+    ping_cursor: usize,
     /// When each pinged client must have shown a sign of life, in order.
     pong_due: VecDeque<(Instant, ConnRef)>,
     /// `--max-connections`, lowered to what the open-file limit allows.
@@ -340,6 +348,7 @@ impl Server {
                 config.backend_host
             );
         }
+        let ping_step = config.ping_interval / PING_SLICES;
         Ok(Server {
             max_connections,
             next_heartbeat: now + config.heartbeat_interval,
@@ -359,7 +368,8 @@ impl Server {
             queue: VecDeque::new(),
             connect_deadlines: VecDeque::new(),
             auth_deadlines: VecDeque::new(),
-            ping_due: VecDeque::new(),
+            next_ping_sweep: now + ping_step,
+            ping_cursor: 0,
             pong_due: VecDeque::new(),
             close_deadlines: VecDeque::new(),
             next_serial: 1,
@@ -475,7 +485,7 @@ impl Server {
         for d in [
             self.connect_deadlines.front().map(|e| e.0),
             self.auth_deadlines.front().map(|e| e.0),
-            self.ping_due.front().map(|e| e.0),
+            Some(self.next_ping_sweep),
             self.pong_due.front().map(|e| e.0),
         ]
         .into_iter()
@@ -547,6 +557,7 @@ impl Server {
                 backend: None,
                 paused: false,
                 alive: true,
+                awaiting_pong: false,
             });
             self.connect_deadlines.push_back((
                 Instant::now() + self.config.connect_timeout,
@@ -1371,7 +1382,7 @@ impl Server {
                 c.outq
                     .push(Rc::from(handshake::switching_protocols(&accept_key)));
                 c.context = Some(ClientContext { json });
-                let c_serial = c.serial;
+
                 c.backend = self.backends.get(key).map(|b| ConnRef {
                     key,
                     serial: b.serial,
@@ -1379,13 +1390,6 @@ impl Server {
                 self.stats.accepted += 1;
                 debug!("client {} accepted as {client_id} in {room_id}", c.peer);
                 self.hub.join(ckey, &client_id, &room_id);
-                self.ping_due.push_back((
-                    Instant::now() + self.config.ping_interval,
-                    ConnRef {
-                        key: ckey,
-                        serial: c_serial,
-                    },
-                ));
                 self.mark_client_dirty(ckey);
                 self.route_client_event(ckey, backend::push_new_connection);
                 // Frames the client sent right behind its request.
@@ -1547,27 +1551,16 @@ impl Server {
                 self.refuse_backend(r.key, "no auth line within --connect-timeout");
             }
         }
-        while let Some(&(due, r)) = self.ping_due.front() {
-            if due > now {
-                break;
-            }
-            self.ping_due.pop_front();
-            let Some(c) = self.clients.get_mut(r.key).filter(|c| c.serial == r.serial) else {
-                continue;
-            };
-            if !matches!(c.phase, Phase::Open) {
-                continue;
-            }
-            c.alive = false;
-            self.pong_due.push_back((now + self.config.ping_timeout, r));
-            self.enqueue(r.key, Rc::clone(&self.ping_frame));
+        if now >= self.next_ping_sweep {
+            self.next_ping_sweep = now + self.config.ping_interval / PING_SLICES;
+            self.ping_sweep(now);
         }
         while let Some(&(due, r)) = self.pong_due.front() {
             if due > now {
                 break;
             }
             self.pong_due.pop_front();
-            let Some(c) = self.clients.get(r.key).filter(|c| c.serial == r.serial) else {
+            let Some(c) = self.clients.get_mut(r.key).filter(|c| c.serial == r.serial) else {
                 continue;
             };
             if !matches!(c.phase, Phase::Open) {
@@ -1575,8 +1568,7 @@ impl Server {
             }
             // A paused client's pong may sit unread in its socket: not its fault.
             if c.alive || c.paused {
-                self.ping_due
-                    .push_back((now + self.config.ping_interval, r));
+                c.awaiting_pong = false;
             } else {
                 debug!(
                     "client {} closed: no answer to a ping within --ping-timeout",
@@ -1616,6 +1608,43 @@ impl Server {
                 self.mark_backend_dirty(key);
             }
         }
+    }
+
+    /// One step of the ping sweep: the next slice of open clients, sized so
+    /// the whole list is covered in `PING_SLICES` steps, gets a ping each.
+    fn ping_sweep(&mut self, now: Instant) {
+        let open = self.hub.all().len();
+        if open == 0 {
+            return;
+        }
+        let slice = open.div_ceil(PING_SLICES as usize);
+        for _ in 0..slice {
+            let all = self.hub.all();
+            if all.is_empty() {
+                break;
+            }
+            self.ping_cursor %= all.len();
+            let key = all[self.ping_cursor];
+            self.ping_cursor += 1;
+            let Some(c) = self.clients.get_mut(key) else {
+                continue;
+            };
+            if c.awaiting_pong || !matches!(c.phase, Phase::Open) {
+                continue;
+            }
+            c.alive = false;
+            c.awaiting_pong = true;
+            let r = ConnRef {
+                key,
+                serial: c.serial,
+            };
+            self.pong_due.push_back((now + self.config.ping_timeout, r));
+            self.enqueue(key, Rc::clone(&self.ping_frame));
+        }
+        shrink_idle(&mut self.pong_due);
+        shrink_idle(&mut self.connect_deadlines);
+        shrink_idle(&mut self.close_deadlines);
+        shrink_idle(&mut self.auth_deadlines);
     }
 
     fn on_signal(&mut self) {
@@ -1830,4 +1859,13 @@ fn fd_limit() -> Option<u64> {
     // SAFETY: getrlimit writes into the struct we pass and nothing else.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
     (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// Gives back most of a deadline queue's ring once a burst has passed, so
+/// memory follows the connections open now, not the busiest moment so far.
+fn shrink_idle<T>(queue: &mut VecDeque<T>) {
+    let capacity = queue.capacity();
+    if capacity > 1024 && queue.len() < capacity / 4 {
+        queue.shrink_to(capacity / 2);
+    }
 }
