@@ -287,6 +287,10 @@ pub struct Server {
     accept_retry: Option<Instant>,
     /// Accepting fails (warned once per shortage, not at every retry).
     accept_failing: bool,
+    /// When a dropped event was last logged.
+    drops_warned_at: Option<Instant>,
+    /// Drops since that log line.
+    drops_unreported: u64,
     /// The ping frame every client gets, encoded once.
     ping_frame: Shared,
     stats: Stats,
@@ -384,6 +388,8 @@ impl Server {
             shutdown_deadline: None,
             accept_retry: None,
             accept_failing: false,
+            drops_warned_at: None,
+            drops_unreported: 0,
             ping_frame: encode::ping(b""),
             stats: Stats::default(),
         })
@@ -664,6 +670,14 @@ impl Server {
             b.out.extend_from_slice(&line);
         }
         self.queue = VecDeque::new();
+        if self.drops_unreported > 0 {
+            warn!(
+                "no backend was connected: {} more events dropped ({} dropped so far)",
+                self.drops_unreported, self.stats.dropped_events
+            );
+            self.drops_unreported = 0;
+        }
+        self.drops_warned_at = None;
         let peer = b.peer;
         self.live_backends.push(key);
         self.mark_backend_dirty(key);
@@ -1191,22 +1205,37 @@ impl Server {
             None => {
                 c.backend = None;
                 if self.config.queue_size == 0 {
-                    self.stats.dropped_events += 1;
-                    debug!("event dropped: no backend connected and --queue-size is 0");
+                    self.event_dropped("--queue-size is 0, event dropped");
                     return;
                 }
                 let mut line = Vec::with_capacity(128);
                 write(&mut line, &context.json);
                 if self.queue.len() >= self.config.queue_size {
                     self.queue.pop_front();
-                    self.stats.dropped_events += 1;
-                    warn!(
-                        "no backend connected: event queue full (--queue-size {}), oldest event dropped ({} dropped so far)",
-                        self.config.queue_size, self.stats.dropped_events
-                    );
+                    self.event_dropped("event queue full (see --queue-size), oldest event dropped");
                 }
                 self.queue.push_back(line);
             }
+        }
+    }
+
+    /// Counts a dropped event and says so at warn: at once for the first of
+    /// a run, then at most once a second (a long outage must not flood the
+    /// log); `backend_ready` reports the rest when the outage ends.
+    fn event_dropped(&mut self, what: &str) {
+        self.stats.dropped_events += 1;
+        self.drops_unreported += 1;
+        let now = Instant::now();
+        if self
+            .drops_warned_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            warn!(
+                "no backend connected: {what} ({} dropped so far)",
+                self.stats.dropped_events
+            );
+            self.drops_warned_at = Some(now);
+            self.drops_unreported = 0;
         }
     }
 
