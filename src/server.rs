@@ -1346,7 +1346,7 @@ impl Server {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            if !self.backends.get(key).is_some_and(|b| !b.closing) {
+            if self.backends.get(key).is_none_or(|b| b.closing) {
                 break;
             }
             parser.parse(line, |line| self.backend_line(key, line));
