@@ -55,7 +55,7 @@ fn a_client_that_never_reads_is_closed_and_the_room_goes_on() {
     // member has everything, so only the silent client falls behind.
     let mut sent = 0;
     let mut closed_at = None;
-    while closed_at.map_or(true, |at| sent < at + 20 * BATCH) {
+    while closed_at.is_none_or(|at| sent < at + 20 * BATCH) {
         assert!(
             sent * SIZE < MAX_BYTES,
             "the silent client was not closed after {sent} messages"
