@@ -519,22 +519,35 @@ impl Server {
 
     // ---------------------------------------------------------------- accept
 
-    fn accept_clients(&mut self) {
+    /// Accepts the next connection on the WebSocket (`backend == false`) or
+    /// backend listener: `None` when there is none (or accepting failed, in
+    /// which case a retry is scheduled). Sockets get TCP_NODELAY: the loop
+    /// already batches its writes per turn.
+    fn accept_next(&mut self, backend: bool) -> Option<(TcpStream, SocketAddr)> {
         loop {
-            let Some(listener) = self.ws_listener.as_ref() else {
-                return;
-            };
-            let (mut sock, peer) = match listener.accept() {
-                Ok(conn) => conn,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let listener = if backend {
+                self.backend_listener.as_ref()
+            } else {
+                self.ws_listener.as_ref()
+            }?;
+            match listener.accept() {
+                Ok((sock, peer)) => {
+                    self.accept_succeeded();
+                    let _ = sock.set_nodelay(true);
+                    return Some((sock, peer));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     self.accept_failed(e);
-                    return;
+                    return None;
                 }
-            };
-            self.accept_succeeded();
-            let _ = sock.set_nodelay(true);
+            }
+        }
+    }
+
+    fn accept_clients(&mut self) {
+        while let Some((mut sock, peer)) = self.accept_next(false) {
             let serial = self.serial();
             let entry = self.clients.vacant_entry();
             let key = entry.key();
@@ -605,21 +618,7 @@ impl Server {
     }
 
     fn accept_backends(&mut self) {
-        loop {
-            let Some(listener) = self.backend_listener.as_ref() else {
-                return;
-            };
-            let (mut sock, peer) = match listener.accept() {
-                Ok(conn) => conn,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.accept_failed(e);
-                    return;
-                }
-            };
-            self.accept_succeeded();
-            let _ = sock.set_nodelay(true);
+        while let Some((mut sock, peer)) = self.accept_next(true) {
             let serial = self.serial();
             let entry = self.backends.vacant_entry();
             let key = entry.key();
