@@ -333,6 +333,13 @@ def export_commit(rev, dest):
     subprocess.run(["tar", "-x", "-C", dest], stdin=arch.stdout, check=True)
     if arch.wait() != 0:
         sys.exit("git archive failed")
+    # git archive stamps files with the commit's time: an older commit would
+    # look older than the artifacts of a newer one in the shared target dir,
+    # and cargo would reuse them. Stamp everything now, so the workspace
+    # crate is always rebuilt from this tree (dependencies stay cached).
+    for d, _, files in os.walk(dest):
+        for f in files:
+            os.utime(os.path.join(d, f), None)
     return commit
 
 
