@@ -125,10 +125,11 @@ def panel(out, left, key, title, unit, scale, doc, xs, dashed=None):
             out.append(f'<polyline points="{d}" fill="none" stroke="{c}" stroke-width="2.5"/>')
         for n, m, lo, hi in pts:
             x = X(n)
+            bx = x + (-3 if t == "broker" else 3)  # side by side, not on top
             if hi > lo:
-                out.append(f'<line x1="{x:.1f}" y1="{Y(lo):.1f}" x2="{x:.1f}" y2="{Y(hi):.1f}" stroke="{c}" stroke-width="1.5" opacity="0.6"/>')
+                out.append(f'<line x1="{bx:.1f}" y1="{Y(lo):.1f}" x2="{bx:.1f}" y2="{Y(hi):.1f}" stroke="{c}" stroke-width="1.5" opacity="0.6"/>')
                 for yv in (lo, hi):
-                    out.append(f'<line x1="{x - 4:.1f}" y1="{Y(yv):.1f}" x2="{x + 4:.1f}" y2="{Y(yv):.1f}" stroke="{c}" stroke-width="1.5" opacity="0.6"/>')
+                    out.append(f'<line x1="{bx - 3:.1f}" y1="{Y(yv):.1f}" x2="{bx + 3:.1f}" y2="{Y(yv):.1f}" stroke="{c}" stroke-width="1.5" opacity="0.6"/>')
             shape = (
                 f'<circle cx="{x:.1f}" cy="{Y(m):.1f}" r="4" fill="{c}"/>'
                 if t == "broker"
