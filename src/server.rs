@@ -53,6 +53,8 @@ const BACKEND_BASE: usize = usize::MAX / 2;
 const READ_BUDGET: usize = 256 * 1024;
 /// Size of one read from a socket.
 const READ_CHUNK: usize = 64 * 1024;
+/// Capacity a backend's output buffer keeps once drained.
+const BACKEND_BUFFER_KEPT: usize = 4 * 1024 * 1024;
 /// Steps of the ping sweep per `--ping-interval`.
 const PING_SLICES: u32 = 16;
 /// Pause before accepting again after an accept error (such as EMFILE).
@@ -1716,14 +1718,21 @@ impl Server {
 
     // ---------------------------------------------------------------- writes
 
-    /// Writes every queue that grew this turn. The slow-consumer bound is
-    /// checked here, after the write: what counts is what a client leaves
-    /// unread behind the message it is receiving, not how much one turn
-    /// added (memory per client stays under `--max-outbound-bytes` plus one
-    /// message plus one turn's input).
+    /// Writes every queue that grew this turn: backends first (a reply
+    /// they are waiting for is often what brings the next burst), then
+    /// clients.
     fn flush_all(&mut self) {
+        self.flush_backends();
+        self.flush_clients();
+    }
+
+    /// The slow-consumer bound is checked here, after the write: what
+    /// counts is what a client leaves unread behind the message it is
+    /// receiving, not how much one turn added (memory per client stays
+    /// under `--max-outbound-bytes` plus one message plus one turn's input).
+    fn flush_clients(&mut self) {
         let limit = self.config.max_outbound_bytes;
-        let dirty = std::mem::take(&mut self.dirty_clients);
+        let mut dirty = std::mem::take(&mut self.dirty_clients);
         for &key in &dirty {
             let Some(c) = self.clients.get_mut(key) else {
                 continue;
@@ -1749,12 +1758,15 @@ impl Server {
                 self.slow_consumer(key);
             }
         }
-        let mut dirty = dirty;
+        // Keep the list's allocation unless new entries arrived meanwhile.
         dirty.clear();
         if self.dirty_clients.is_empty() {
             self.dirty_clients = dirty;
         }
-        let dirty = std::mem::take(&mut self.dirty_backends);
+    }
+
+    fn flush_backends(&mut self) {
+        let mut dirty = std::mem::take(&mut self.dirty_backends);
         for &key in &dirty {
             let Some(b) = self.backends.get_mut(key) else {
                 continue;
@@ -1781,33 +1793,34 @@ impl Server {
                     }
                 }
             }
-            if let Some(b) = self.backends.get_mut(key) {
-                if b.out_pos == b.out.len() {
-                    b.out.clear();
-                    b.out_pos = 0;
-                    if b.out.capacity() > 4 * READ_CHUNK {
-                        b.out = Vec::new();
-                    }
-                } else if b.out_pos > b.out.len() / 2 {
-                    // Keep the unsent tail at the front so the buffer does
-                    // not grow while a slow backend keeps up only partly.
-                    b.out.drain(..b.out_pos);
-                    b.out_pos = 0;
+            let Some(b) = self.backends.get_mut(key) else {
+                continue;
+            };
+            if b.out_pos == b.out.len() {
+                b.out.clear();
+                b.out_pos = 0;
+                // Keep a working buffer between bursts; give back a big one.
+                if b.out.capacity() > BACKEND_BUFFER_KEPT {
+                    b.out = Vec::new();
                 }
-                if !b.paused.is_empty()
-                    && b.out.len() - b.out_pos <= self.config.max_backend_buffer / 2
-                {
-                    let paused = std::mem::take(&mut b.paused);
-                    info!(
-                        "backend {} caught up: reading from {} paused clients again",
-                        b.peer,
-                        paused.len()
-                    );
-                    self.resume(paused);
-                }
+            } else if b.out_pos >= READ_CHUNK && b.out_pos > b.out.len() / 2 {
+                // Move the unsent tail to the front (each byte moves at most
+                // once on average) so a backend that keeps up only partly
+                // does not make the buffer grow.
+                b.out.drain(..b.out_pos);
+                b.out_pos = 0;
+            }
+            if !b.paused.is_empty() && b.out.len() - b.out_pos <= self.config.max_backend_buffer / 2
+            {
+                let paused = std::mem::take(&mut b.paused);
+                info!(
+                    "backend {} caught up: reading from {} paused clients again",
+                    b.peer,
+                    paused.len()
+                );
+                self.resume(paused);
             }
         }
-        let mut dirty = dirty;
         dirty.clear();
         if self.dirty_backends.is_empty() {
             self.dirty_backends = dirty;
