@@ -182,24 +182,6 @@ fn wave(broker: &Broker, backend: &AutoBackend) {
     });
 }
 
-/// Waits (bounded) until the broker's descriptor count is `want`: the
-/// half-request clients are closed by the broker only after their TCP end
-/// is read, which can come after the wave's last `disconnected`.
-fn wait_fds(broker: &Broker, want: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let now = broker.open_fds();
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker has {now} descriptors open after the churn, {want} before it"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn churn_leaves_memory_and_descriptors_where_they_were() {
     // Info level: the harness's debug level would log several lines per
@@ -222,7 +204,7 @@ fn churn_leaves_memory_and_descriptors_where_they_were() {
         wave(&broker, &backend);
         warmup_waves += 1;
     }
-    wait_fds(&broker, fds_at_start);
+    broker.wait_open_fds(fds_at_start);
     let rss_baseline = broker.rss_kib();
     let started = Instant::now();
     let mut waves = 0;
@@ -230,7 +212,7 @@ fn churn_leaves_memory_and_descriptors_where_they_were() {
         wave(&broker, &backend);
         waves += 1;
     }
-    wait_fds(&broker, fds_at_start);
+    broker.wait_open_fds(fds_at_start);
     let rss = broker.rss_kib();
     let slack = rss_baseline * RSS_SLACK_PERCENT / 100;
     assert!(

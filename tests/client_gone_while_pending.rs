@@ -7,22 +7,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::json;
-
-fn wait_fds(broker: &Broker, want: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    while broker.open_fds() != want {
-        assert!(
-            Instant::now() < deadline,
-            "the broker has {} descriptors open, {want} before the client came",
-            broker.open_fds()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A request from a client that has already gone; returns the request.
 fn abandoned_request(broker: &Broker, backend: &mut Backend) -> serde_json::Value {
@@ -55,7 +41,7 @@ fn accepted_after_the_client_left_connects_then_disconnects_at_once() {
     assert_eq!(connected["params"]["context"]["client_id"], "gone");
     let left = backend.expect("disconnected");
     assert_eq!(left["params"]["context"]["client_id"], "gone");
-    wait_fds(&broker, fds);
+    broker.wait_open_fds(fds);
     slot_is_free(&broker, &mut backend);
 }
 
@@ -66,6 +52,6 @@ fn rejected_after_the_client_left_gives_nothing_more() {
     let fds = broker.open_fds();
     let request = abandoned_request(&broker, &mut backend);
     backend.respond(&request, json!({"accepted": false}));
-    wait_fds(&broker, fds);
+    broker.wait_open_fds(fds);
     slot_is_free(&broker, &mut backend);
 }

@@ -48,22 +48,6 @@ fn start_with_limits(flags: &[&str], soft: libc::rlim_t, hard: libc::rlim_t) -> 
     })
 }
 
-/// Waits (bounded) until the broker's descriptor count is `want`.
-fn wait_fds(broker: &Broker, want: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let now = broker.open_fds();
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker has {now} descriptors open, {want} expected (a leak?)"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
     // A long --connect-timeout: the flood's connections send nothing and
@@ -105,7 +89,7 @@ fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
 
     // The flood goes away: descriptors come back, new clients are served.
     drop(flood);
-    wait_fds(&broker, baseline);
+    broker.wait_open_fds(baseline);
     let mut b = join_when_room(&broker, &mut backend, "b");
     send_text(&mut b, "served again");
     let event = backend.expect("new_message");
@@ -113,7 +97,7 @@ fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
     b.close(None).unwrap();
     let _ = next_message(&mut b);
     backend.expect("disconnected");
-    wait_fds(&broker, baseline);
+    broker.wait_open_fds(baseline);
     assert!(broker.is_running());
 }
 

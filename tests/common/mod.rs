@@ -209,6 +209,24 @@ impl Broker {
             .count()
     }
 
+    /// Waits (bounded) until the broker has `want` descriptors open: a
+    /// closed peer's socket is released only once the broker has read its
+    /// end, which can come after the last event a test waits for.
+    pub fn wait_open_fds(&self, want: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let now = self.open_fds();
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker has {now} descriptors open, {want} expected (a leak?)"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// CPU time used so far, user plus system (/proc/PID/stat, clock ticks
     /// converted at the kernel's USER_HZ).
     pub fn cpu_time(&self) -> Duration {
