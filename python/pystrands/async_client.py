@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import random
 from collections import deque
 from inspect import isawaitable
 from itertools import count
@@ -115,36 +113,16 @@ class _BrokerConnection(asyncio.BufferedProtocol):
                 waiter.set_result(None)
 
 
-class AsyncPyStrandsClient:
+class AsyncPyStrandsClient(protocol.ConnectionSettings):
     """A backend connected to the broker's TCP port, on asyncio.
 
     Subclass it and override the ``on_*`` callbacks (``async def`` or plain
     ``def``), then ``await client.connect()`` and ``await client.run_forever()``.
     """
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int = 8081,
-        auto_reconnect: bool = True,
-        reconnect_delay: float = 1.0,
-        max_reconnect_delay: float = 30.0,
-        reconnect_backoff: float = 2.0,
-        *,
-        token: Optional[str] = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.auto_reconnect = auto_reconnect
-        self.reconnect_delay = reconnect_delay
-        self.max_reconnect_delay = max_reconnect_delay
-        self.reconnect_backoff = reconnect_backoff
-        #: Sent first on every connection when set (the broker's --backend-token);
-        #: defaults to $PYSTRANDS_BACKEND_TOKEN.
-        self.token = token if token is not None else (os.environ.get(protocol.TOKEN_ENV) or None)
-        #: True while a connection to the broker is open and usable for sending.
-        self.connected = False
-
+    def _setup(self) -> None:
+        # Called at the end of ConnectionSettings.__init__, which takes the
+        # arguments and sets host, port, ..., token and connected.
         # Loop-bound objects are created in connect(), on the running loop
         # (asyncio primitives made outside it break on Python 3.8/3.9).
         self._loop: Optional[asyncio.AbstractEventLoop] = None
@@ -282,16 +260,15 @@ class AsyncPyStrandsClient:
             self._reconnect_task = self._loop.create_task(self._reconnect_with_backoff())
 
     async def _reconnect_with_backoff(self) -> None:
-        delay = max(0.0, float(self.reconnect_delay))
+        waits = self._reconnect_waits()
         try:
             while not self._closing and not self.connected:
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await asyncio.sleep(next(waits))
                 if self._closing or self.connected:
                     return
                 if await self._open():
                     logger.info("reconnected to the broker at %s:%s", self.host, self.port)
                     return
-                delay = min(max(delay, 0.01) * self.reconnect_backoff, self.max_reconnect_delay)
         finally:
             if self._reconnect_task is asyncio.current_task():
                 self._reconnect_task = None
@@ -428,11 +405,7 @@ class AsyncPyStrandsClient:
                 waiter.set_result(None)
 
     def _answer_connection_request(self, event: Dict[str, Any]) -> None:
-        request_id = event.get("request_id")
-        if not isinstance(request_id, str):
-            request_id = "" if request_id is None else str(request_id)
-        params = event.get("params")
-        request = protocol.connection_request_from_params(params if isinstance(params, dict) else {})
+        request_id, request = protocol.connection_request_from_event(event)
         try:
             result = self.on_connection_request(request)
         except Exception:

@@ -49,8 +49,6 @@ them, in order, after the reconnect.
 from __future__ import annotations
 
 import logging
-import os
-import random
 import select
 import socket
 import threading
@@ -82,7 +80,7 @@ class _Session:
     __slots__ = ()
 
 
-class PyStrandsClient:
+class PyStrandsClient(protocol.ConnectionSettings):
     """A backend connected to the PyStrands broker's TCP port.
 
     Subclass it and override the ``on_*`` callbacks, then ``connect()`` and
@@ -95,29 +93,9 @@ class PyStrandsClient:
     #: well below the broker's ``--connect-timeout``.
     takeover_after: float = 0.05
 
-    def __init__(
-        self,
-        host: str = "localhost",
-        port: int = 8081,
-        auto_reconnect: bool = True,
-        reconnect_delay: float = 1.0,
-        max_reconnect_delay: float = 30.0,
-        reconnect_backoff: float = 2.0,
-        *,
-        token: Optional[str] = None,
-    ) -> None:
-        self.host = host
-        self.port = port
-        self.auto_reconnect = auto_reconnect
-        self.reconnect_delay = reconnect_delay
-        self.max_reconnect_delay = max_reconnect_delay
-        self.reconnect_backoff = reconnect_backoff
-        #: Sent first on every connection when set (the broker's --backend-token);
-        #: defaults to $PYSTRANDS_BACKEND_TOKEN.
-        self.token = token if token is not None else (os.environ.get(protocol.TOKEN_ENV) or None)
-        #: True while a connection to the broker is open and usable for sending.
-        self.connected = False
-
+    def _setup(self) -> None:
+        # Called at the end of ConnectionSettings.__init__, which takes the
+        # arguments and sets host, port, ..., token and connected.
         self._sock: Optional[socket.socket] = None
         self._lines = protocol.LineBuffer()  # of the current socket; fed under _read_role
         self._recv_buffer = bytearray(_RECV_SIZE)  # reused by whichever thread reads
@@ -388,9 +366,9 @@ class PyStrandsClient:
                 self._dispatch_ident = None
 
     def _reconnect_with_backoff(self, session: _Session) -> bool:
-        delay = max(0.0, float(self.reconnect_delay))
+        waits = self._reconnect_waits()
         while self._session is session:
-            if self._closing.wait(delay * random.uniform(0.5, 1.0)):
+            if self._closing.wait(next(waits)):
                 return False
             if self._sock is not None:
                 return True  # connect() was called meanwhile
@@ -406,7 +384,6 @@ class PyStrandsClient:
                     self._attach(sock)
                 logger.info("reconnected to the broker at %s:%s", self.host, self.port)
                 return True
-            delay = min(max(delay, 0.01) * self.reconnect_backoff, self.max_reconnect_delay)
         return False
 
     def _serve(self, sock: socket.socket, session: _Session) -> None:
@@ -518,11 +495,7 @@ class PyStrandsClient:
         return events
 
     def _answer_connection_request(self, event: Dict[str, Any]) -> None:
-        request_id = event.get("request_id")
-        if not isinstance(request_id, str):
-            request_id = "" if request_id is None else str(request_id)
-        params = event.get("params")
-        request = protocol.connection_request_from_params(params if isinstance(params, dict) else {})
+        request_id, request = protocol.connection_request_from_event(event)
         try:
             result = self.on_connection_request(request)
             accepted = protocol.decide_accepted(result, request)

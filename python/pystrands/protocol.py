@@ -3,8 +3,9 @@
 Both clients (the threaded :mod:`pystrands.client` and the asyncio
 :mod:`pystrands.async_client`) use this module to turn bytes from the broker
 into event objects and commands into bytes; neither parses nor formats JSON
-itself. Nothing here touches a socket, a thread or an event loop, so every
-function can be unit-tested with plain values.
+itself; both take their settings and reconnect schedule from
+:class:`ConnectionSettings`. Nothing here touches a socket, a thread or an
+event loop, so every function can be unit-tested with plain values.
 
 Framing: one JSON object per line, UTF-8, ``\\n`` terminated, in both
 directions. Envelope: ``{"action": ..., "request_id": ..., "params": {...}}``.
@@ -26,10 +27,12 @@ Hot-path notes (the Python backend is usually what limits a deployment):
 from __future__ import annotations
 
 import json
+import os
+import random
 import uuid
 from base64 import b64decode, b64encode
 from json.encoder import encode_basestring
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 from .context import ConnectionRequestContext, Context
 from .errors import ProtocolError
@@ -295,34 +298,49 @@ def encode_room_message(room_id: str, message: Message, request_id: str = "") ->
     """``message_to_room``: ``message`` to every client in ``room_id``."""
     try:
         return (
-            f'{{"action":"message_to_room","request_id":{_escape(request_id)},'
-            f'"params":{{"room_id":{_escape(room_id)},"message":{_escape(message)}}}}}\n'
+            f'{_ROOM_HEAD}{_escape(request_id)}{_ROOM_KEY}{_escape(room_id)},'
+            f'"message":{_escape(message)}}}}}\n'
         ).encode("utf-8")
     except (TypeError, UnicodeEncodeError):
-        if isinstance(message, _BYTES_TYPES) and _is_text(room_id):
-            return (
-                f'{{"action":"message_to_room","request_id":{_escape(request_id)},'
-                f'"params":{{"room_id":{_escape(room_id)},' + _binary_params(message)
-            ).encode("utf-8")
-        bad = "room_id" if not _is_text(room_id) else "message"
-        raise _bad_text(bad, room_id if bad == "room_id" else message) from None
+        return _encode_targeted_other(
+            _ROOM_HEAD, _ROOM_KEY, "room_id", room_id, message, request_id
+        )
 
 
 def encode_private_message(client_id: str, message: Message, request_id: str = "") -> bytes:
     """``message_to_connection``: ``message`` to every connection of ``client_id``."""
     try:
         return (
-            f'{{"action":"message_to_connection","request_id":{_escape(request_id)},'
-            f'"params":{{"conn_id":{_escape(client_id)},"message":{_escape(message)}}}}}\n'
+            f'{_CONN_HEAD}{_escape(request_id)}{_CONN_KEY}{_escape(client_id)},'
+            f'"message":{_escape(message)}}}}}\n'
         ).encode("utf-8")
     except (TypeError, UnicodeEncodeError):
-        if isinstance(message, _BYTES_TYPES) and _is_text(client_id):
-            return (
-                f'{{"action":"message_to_connection","request_id":{_escape(request_id)},'
-                f'"params":{{"conn_id":{_escape(client_id)},' + _binary_params(message)
-            ).encode("utf-8")
-        bad = "client_id" if not _is_text(client_id) else "message"
-        raise _bad_text(bad, client_id if bad == "client_id" else message) from None
+        return _encode_targeted_other(
+            _CONN_HEAD, _CONN_KEY, "client_id", client_id, message, request_id
+        )
+
+
+# The fixed parts of the two addressed commands, formatted once.
+_ROOM_HEAD = f'{{"action":"{MESSAGE_TO_ROOM}","request_id":'
+_ROOM_KEY = ',"params":{"room_id":'
+_CONN_HEAD = f'{{"action":"{MESSAGE_TO_CONNECTION}","request_id":'
+_CONN_KEY = ',"params":{"conn_id":'
+
+
+def _encode_targeted_other(
+    head: str, key: str, name: str, target: str, message: Message, request_id: str
+) -> bytes:
+    """The rest of :func:`encode_room_message` and :func:`encode_private_message`
+    once the text fast path has failed: a binary ``message`` to ``target`` is
+    encoded (``head``/``key`` are the command's fixed parts), anything else
+    raises, naming the bad argument (``name`` is the caller's for ``target``).
+    Kept out of the two encoders so their fast path stays one f-string."""
+    if isinstance(message, _BYTES_TYPES) and _is_text(target):
+        return (
+            f"{head}{_escape(request_id)}{key}{_escape(target)}," + _binary_params(message)
+        ).encode("utf-8")
+    bad = name if not _is_text(target) else "message"
+    raise _bad_text(bad, target if bad == name else message) from None
 
 
 def _is_text(value: object) -> bool:
@@ -363,12 +381,73 @@ def encode_response(request_id: str, accepted: bool, context: Optional[Context])
 TOKEN_ENV = "PYSTRANDS_BACKEND_TOKEN"
 
 
+class ConnectionSettings:
+    """Where and how a backend connects: the settings shared by the threaded
+    and the asyncio clients (not I/O: the clients do the connecting).
+
+    The arguments become attributes of the same names (the 1.0.0 API);
+    ``token`` defaults to ``$PYSTRANDS_BACKEND_TOKEN``. After setting them,
+    ``__init__`` calls :meth:`_setup` for the client's own state.
+    """
+
+    def __init__(
+        self,
+        host: str = "localhost",
+        port: int = 8081,
+        auto_reconnect: bool = True,
+        reconnect_delay: float = 1.0,
+        max_reconnect_delay: float = 30.0,
+        reconnect_backoff: float = 2.0,
+        *,
+        token: Optional[str] = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.auto_reconnect = auto_reconnect
+        self.reconnect_delay = reconnect_delay
+        self.max_reconnect_delay = max_reconnect_delay
+        self.reconnect_backoff = reconnect_backoff
+        #: Sent first on every connection when set (the broker's --backend-token);
+        #: defaults to $PYSTRANDS_BACKEND_TOKEN.
+        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        #: True while a connection to the broker is open and usable for sending.
+        self.connected = False
+        self._setup()
+
+    def _setup(self) -> None:
+        """The subclass's own state, set up at the end of ``__init__``."""
+
+    def _reconnect_waits(self) -> Iterator[float]:
+        """The waits before each reconnect attempt, in seconds: from
+        ``reconnect_delay``, growing by ``reconnect_backoff`` up to
+        ``max_reconnect_delay``, each multiplied by a random factor in
+        [0.5, 1.0] (jitter). Each wait is drawn when it is needed, so the
+        settings in force then apply."""
+        delay = max(0.0, float(self.reconnect_delay))
+        while True:
+            yield delay * random.uniform(0.5, 1.0)
+            delay = min(max(delay, 0.01) * self.reconnect_backoff, self.max_reconnect_delay)
+
+
 def encode_auth(token: str) -> bytes:
     """``auth``: the first line on a broker that requires ``--backend-token``
     (a broker without a token ignores it)."""
     if not isinstance(token, str):
         raise TypeError(f"token must be a str, not {type(token).__name__}")
     return encode_line(AUTH, {"token": token})
+
+
+def connection_request_from_event(
+    event: Dict[str, Any]
+) -> Tuple[str, ConnectionRequestContext]:
+    """The request id (a str, ``""`` when missing) to answer with, and the
+    request object (:func:`connection_request_from_params`) of a decoded
+    ``connection_request`` event."""
+    request_id = event.get("request_id")
+    if not isinstance(request_id, str):
+        request_id = "" if request_id is None else str(request_id)
+    params = event.get("params")
+    return request_id, connection_request_from_params(params if isinstance(params, dict) else {})
 
 
 def connection_request_from_params(params: Dict[str, Any]) -> ConnectionRequestContext:
