@@ -56,18 +56,7 @@ pub enum Command<'a> {
         token: Cow<'a, str>,
     },
     /// The answer to a `connection_request`.
-    Response {
-        /// The `request_id` of the request it answers.
-        request_id: Cow<'a, str>,
-        /// Whether the client may connect.
-        accepted: bool,
-        /// The client id to assign (a new UUID v4 when absent or empty).
-        client_id: Option<Cow<'a, str>>,
-        /// The room to put the client in (the request path when absent).
-        room_id: Option<Cow<'a, str>>,
-        /// The metadata to attach (`{}` when absent or null).
-        metadata: Option<Value<'a, 'a>>,
-    },
+    Response(Response<'a>),
     /// A message to every connected client.
     Broadcast {
         /// The frame payload.
@@ -87,6 +76,21 @@ pub enum Command<'a> {
         /// The frame payload.
         message: Payload<'a>,
     },
+}
+
+/// A backend's answer to a `connection_request`.
+#[derive(Debug, PartialEq)]
+pub struct Response<'a> {
+    /// The `request_id` of the request it answers.
+    pub request_id: Cow<'a, str>,
+    /// Whether the client may connect.
+    pub accepted: bool,
+    /// The client id to assign (a new UUID v4 when absent or empty).
+    pub client_id: Option<Cow<'a, str>>,
+    /// The room to put the client in (the request path when absent).
+    pub room_id: Option<Cow<'a, str>>,
+    /// The metadata to attach (`{}` when absent or null).
+    pub metadata: Option<Value<'a, 'a>>,
 }
 
 /// Why a backend line was not carried out (sent back in an `error` line).
@@ -219,13 +223,13 @@ pub fn decode<'v>(value: Value<'v, 'v>) -> Result<Command<'v>, CommandError> {
             let metadata = params
                 .and_then(|p| p.get("metadata"))
                 .filter(|m| !m.is_null());
-            Ok(Command::Response {
+            Ok(Command::Response(Response {
                 request_id,
                 accepted,
                 client_id: optional("client_id")?.filter(|s| !s.is_empty()),
                 room_id: optional("room_id")?,
                 metadata,
-            })
+            }))
         }
         "auth" => Ok(Command::Auth {
             token: need("token")?,
@@ -344,16 +348,33 @@ pub fn push_client_error(out: &mut Vec<u8>, context: &[u8], error: &str) {
     out.extend_from_slice(CLOSE);
 }
 
-/// `error` answering a backend line that could not be carried out.
-pub fn push_line_error(out: &mut Vec<u8>, request_id: Option<&str>, error: &str) {
-    out.extend_from_slice(b"{\"action\":\"error\",\"request_id\":");
+/// A reply to a backend's line: `action`, the line's `request_id` (null
+/// when it had none), and the params `write_params` appends (the members of
+/// the object, without its braces).
+pub fn push_reply(
+    out: &mut Vec<u8>,
+    action: &str,
+    request_id: Option<&str>,
+    write_params: impl FnOnce(&mut Vec<u8>),
+) {
+    out.extend_from_slice(b"{\"action\":");
+    push_str(out, action);
+    out.extend_from_slice(b",\"request_id\":");
     match request_id {
         Some(id) => push_str(out, id),
         None => out.extend_from_slice(b"null"),
     }
-    out.extend_from_slice(b",\"params\":{\"error\":");
-    push_str(out, error);
+    out.extend_from_slice(b",\"params\":{");
+    write_params(out);
     out.extend_from_slice(CLOSE);
+}
+
+/// `error` answering a backend line that could not be carried out.
+pub fn push_line_error(out: &mut Vec<u8>, request_id: Option<&str>, error: &str) {
+    push_reply(out, "error", request_id, |out| {
+        out.extend_from_slice(b"\"error\":");
+        push_str(out, error);
+    });
 }
 
 /// `heartbeat`, sent to every backend periodically.
@@ -389,13 +410,13 @@ mod tests {
         with_command(
             r#"{"action":"response","request_id":"7","params":{"accepted":true,"client_id":"c","room_id":"r","metadata":{"a":[1,2]}}}"#,
             |c| match c.unwrap() {
-                Command::Response {
+                Command::Response(Response {
                     request_id,
                     accepted,
                     client_id,
                     room_id,
                     metadata,
-                } => {
+                }) => {
                     assert_eq!((request_id.as_ref(), accepted), ("7", true));
                     assert_eq!(client_id.as_deref(), Some("c"));
                     assert_eq!(room_id.as_deref(), Some("r"));
@@ -411,11 +432,11 @@ mod tests {
             |c| {
                 assert!(matches!(
                     c.unwrap(),
-                    Command::Response {
+                    Command::Response(Response {
                         accepted: false,
                         client_id: None,
                         ..
-                    }
+                    })
                 ))
             },
         );

@@ -156,12 +156,12 @@ pub fn backend_lines(data: &[u8]) {
     for line in owned.split_mut(|b| *b == b'\n') {
         let mut out = Vec::new();
         parser.parse(line, |parsed| match parsed {
-            Ok(Command::Response {
+            Ok(Command::Response(backend::Response {
                 client_id,
                 room_id,
                 metadata,
                 ..
-            }) => {
+            })) => {
                 let ctx = backend::context_json(
                     client_id.as_deref().unwrap_or("id"),
                     room_id.as_deref().unwrap_or("/"),

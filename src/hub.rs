@@ -23,6 +23,17 @@ struct Member {
     id_slot: usize,
 }
 
+/// Who a message goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Audience<'a> {
+    /// Every open client.
+    All,
+    /// The members of one room.
+    Room(&'a str),
+    /// Every connection of one client id.
+    ClientId(&'a str),
+}
+
 /// The registry of open clients.
 #[derive(Debug, Default)]
 pub struct Hub {
@@ -91,6 +102,15 @@ impl Hub {
             if list.is_empty() {
                 self.ids.remove(&member.client_id);
             }
+        }
+    }
+
+    /// The connections an audience resolves to, each once.
+    pub fn audience(&self, audience: Audience<'_>) -> &[usize] {
+        match audience {
+            Audience::All => self.all(),
+            Audience::Room(room) => self.room(room),
+            Audience::ClientId(id) => self.connections(id),
         }
     }
 

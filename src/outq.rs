@@ -13,6 +13,8 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 use std::rc::Rc;
 
+use crate::socket::SocketResult;
+
 /// Most buffers handed to one vectored write (Linux's IOV_MAX).
 pub const MAX_IOVECS: usize = 1024;
 /// Queues this short are written from a small stack array (the common
@@ -96,12 +98,13 @@ impl OutQueue {
             } else {
                 self.write_some::<MAX_IOVECS>(sink)
             };
-            match written {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.consume(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            match SocketResult::of_write(written) {
+                SocketResult::Done(n) => self.consume(n),
+                SocketResult::WouldBlock => return Ok(Flushed::Blocked),
+                SocketResult::Retry => {}
+                SocketResult::Closed(e) => {
+                    return Err(e.unwrap_or_else(|| io::ErrorKind::WriteZero.into()))
+                }
             }
         }
         Ok(Flushed::All)

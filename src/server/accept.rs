@@ -1,0 +1,142 @@
+//! Accepting: the two listeners, registering new sockets, and what an
+//! accept error means (a shortage of descriptors pauses accepting briefly;
+//! an error that concerns one connection only does not).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::Interest;
+
+use crate::socket::AcceptError;
+use crate::ws::frame::FrameReader;
+
+use super::conn::{Backend, Client, ConnRef};
+use super::timers::Wait;
+use super::{Endpoint, Server};
+
+/// Pause before accepting again after a shortage (such as EMFILE).
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Which listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    WebSocket,
+    Backend,
+}
+
+impl Server {
+    /// Accepts the next connection on a listener: `None` when there is none
+    /// (or accepting must pause, in which case a retry is scheduled).
+    /// Sockets get TCP_NODELAY: the loop already batches its writes per turn.
+    fn accept_next(&mut self, which: Listener) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            let listener = match which {
+                Listener::WebSocket => self.ws_listener.as_ref(),
+                Listener::Backend => self.backend_listener.as_ref(),
+            }?;
+            match listener.accept() {
+                Ok((sock, peer)) => {
+                    self.accept_succeeded();
+                    let _ = sock.set_nodelay(true);
+                    return Some((sock, peer));
+                }
+                Err(e) => match AcceptError::of(&e) {
+                    AcceptError::WouldBlock => return None,
+                    AcceptError::Skip => {
+                        debug!("accept: a connection failed before it was taken: {e}");
+                    }
+                    kind @ (AcceptError::Shortage | AcceptError::Other) => {
+                        self.accept_failed(e, kind == AcceptError::Shortage);
+                        return None;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Accepts every waiting WebSocket client; each must send its upgrade
+    /// request within `--connect-timeout`.
+    pub(super) fn accept_clients(&mut self) {
+        while let Some((mut sock, peer)) = self.accept_next(Listener::WebSocket) {
+            let serial = self.serial();
+            let entry = self.clients.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                Endpoint::Client(key).token(),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("cannot register client {peer}: {e}");
+                continue;
+            }
+            let reader = FrameReader::new(self.config.max_message_size, self.config.max_fragments);
+            entry.insert(Client::new(sock, serial, peer, reader));
+            self.timers
+                .connect
+                .arm(Instant::now(), (ConnRef { key, serial }, Wait::Request));
+            debug!("client {peer} connected (key {key})");
+        }
+    }
+
+    /// Accepts every waiting backend; with `--backend-token` each must
+    /// authenticate within `--connect-timeout` before it takes part.
+    pub(super) fn accept_backends(&mut self) {
+        while let Some((mut sock, peer)) = self.accept_next(Listener::Backend) {
+            let serial = self.serial();
+            let entry = self.backends.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut sock,
+                Endpoint::Backend(key).token(),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!("cannot register backend {peer}: {e}");
+                continue;
+            }
+            let authenticated = self.config.backend_token.is_none();
+            entry.insert(Backend::new(sock, serial, peer, authenticated));
+            if authenticated {
+                self.backend_joins(key);
+            } else {
+                info!("backend {peer} connected; waiting for its auth line");
+                self.timers
+                    .auth
+                    .arm(Instant::now(), ConnRef { key, serial });
+            }
+        }
+    }
+
+    /// Accepting must pause: the pending connections stay in the listen
+    /// backlog and accepting is retried shortly, instead of spinning on
+    /// the error. Warned once per run of failures.
+    fn accept_failed(&mut self, e: std::io::Error, shortage: bool) {
+        if !self.accept_failing {
+            self.accept_failing = true;
+            if shortage {
+                let what = match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => "out of file descriptors",
+                    _ => "out of kernel memory",
+                };
+                warn!(
+                    "cannot accept: {what} ({e}); {} clients and {} backends open, retrying in {} ms",
+                    self.clients.len(),
+                    self.backends.len(),
+                    ACCEPT_RETRY.as_millis()
+                );
+            } else {
+                warn!("cannot accept a connection: {e}");
+            }
+        }
+        self.timers.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
+    }
+
+    /// A connection was accepted: a shortage reported by `accept_failed` is over.
+    fn accept_succeeded(&mut self) {
+        if self.accept_failing {
+            self.accept_failing = false;
+            info!("accepting connections again");
+        }
+    }
+}

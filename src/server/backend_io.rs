@@ -1,0 +1,272 @@
+//! Backend I/O: reading a backend's lines (bounded by `--max-line-size`),
+//! the auth gate in front of them, writing its buffer of event lines, and
+//! the backpressure that pauses its clients while it is behind.
+//!
+//! Each complete line is parsed in place and handed to commands.rs. A
+//! backend ends here only by being marked closing ([`Server::end_backend`]).
+
+use std::io::Write;
+
+use log::{info, warn};
+use subtle::ConstantTimeEq;
+
+use crate::backend::{self, Command, LineError};
+use crate::socket::{ReadOutcome, Signal, SocketResult};
+
+use super::client_io::READ_BUDGET;
+use super::conn::ConnRef;
+use super::{mark_dirty, Server, READ_CHUNK};
+
+/// Capacity a backend's output buffer keeps once drained.
+const BACKEND_BUFFER_KEPT: usize = 4 * 1024 * 1024;
+
+impl Server {
+    /// A poll event for backend `key`.
+    pub(super) fn backend_event(&mut self, key: usize, signal: Signal) {
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        if b.ready.record(signal) {
+            mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, key);
+        }
+        self.backend_read(key);
+    }
+
+    /// Reads what backend `key` sent, up to its budget for the turn, and
+    /// carries out every complete line.
+    pub(super) fn backend_read(&mut self, key: usize) {
+        let mut budget = READ_BUDGET * 4;
+        loop {
+            let Some(b) = self.backends.get_mut(key) else {
+                return;
+            };
+            if !b.ready.readable || b.closing {
+                return;
+            }
+            if budget == 0 {
+                self.turn.backend_read_again.push(key);
+                return;
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let n = match b.ready.read(&mut b.sock, &mut scratch) {
+                ReadOutcome::Bytes(n) => n,
+                ReadOutcome::Drained => {
+                    self.scratch = scratch;
+                    return;
+                }
+                ReadOutcome::Ended(e) => {
+                    self.scratch = scratch;
+                    match e {
+                        None => info!("backend {} disconnected", b.peer),
+                        Some(e) => info!("backend {} disconnected: {e}", b.peer),
+                    }
+                    self.end_backend(key);
+                    return;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            if b.inbuf.is_empty() {
+                // Common case: whole lines in this read; only a partial
+                // last line is copied into the backend's own buffer.
+                let used = self.backend_lines(key, &mut scratch[..n]);
+                if let Some(b) = self.backends.get_mut(key) {
+                    b.inbuf.extend_from_slice(&scratch[used..n]);
+                }
+            } else {
+                b.inbuf.extend_from_slice(&scratch[..n]);
+                let mut inbuf = std::mem::take(&mut b.inbuf);
+                let used = self.backend_lines(key, &mut inbuf);
+                inbuf.drain(..used);
+                if let Some(b) = self.backends.get_mut(key) {
+                    b.inbuf = if inbuf.is_empty() { Vec::new() } else { inbuf };
+                }
+            }
+            self.scratch = scratch;
+            if self
+                .backends
+                .get(key)
+                .is_some_and(|b| !b.closing && b.inbuf.len() > self.config.max_line_size)
+            {
+                self.line_too_long(key);
+                return;
+            }
+        }
+    }
+
+    fn line_too_long(&mut self, key: usize) {
+        if let Some(b) = self.backends.get(key) {
+            warn!(
+                "backend {} closed: a line longer than {} bytes (see --max-line-size)",
+                b.peer, self.config.max_line_size
+            );
+        }
+        self.end_backend(key);
+    }
+
+    /// Carries out every complete line at the start of `buf`; returns the
+    /// bytes consumed (everything up to the last newline).
+    fn backend_lines(&mut self, key: usize, buf: &mut [u8]) -> usize {
+        let mut parser = std::mem::take(&mut self.line_parser);
+        let mut start = 0;
+        let max_line = self.config.max_line_size;
+        while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
+            if self.backends.get(key).is_none_or(|b| b.closing) {
+                break;
+            }
+            if nl > max_line {
+                self.line_too_long(key);
+                break;
+            }
+            let line = trim_cr(&mut buf[start..start + nl]);
+            start += nl + 1;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            parser.parse(line, |line| self.backend_line(key, line));
+        }
+        self.line_parser = parser;
+        start
+    }
+
+    /// One parsed line: the auth line of a backend that must present the
+    /// token, or a command.
+    fn backend_line(&mut self, key: usize, line: Result<Command<'_>, LineError<'_>>) {
+        let authenticated = self.backends.get(key).is_some_and(|b| b.authenticated);
+        if !authenticated {
+            return self.authenticate(key, line.ok());
+        }
+        match line {
+            Ok(command) => self.apply(key, command),
+            Err(e) => self.reply_line_error(key, e.request_id, &e.message),
+        }
+    }
+
+    /// The first line of a backend when `--backend-token` is set.
+    fn authenticate(&mut self, key: usize, command: Option<Command<'_>>) {
+        let Some(token) = self.config.backend_token.as_deref() else {
+            return;
+        };
+        let presented = match command {
+            Some(Command::Auth { token }) => Some(token),
+            _ => None,
+        };
+        let good = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        if good {
+            b.authenticated = true;
+            self.backend_joins(key);
+            return;
+        }
+        warn!(
+            "backend {} refused: its first line was not a valid auth line",
+            b.peer
+        );
+        self.refuse_backend(key, "authentication failed");
+    }
+
+    /// Tells an unauthenticated backend why it is refused, then ends it.
+    pub(super) fn refuse_backend(&mut self, key: usize, why: &str) {
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        let mut line = Vec::new();
+        backend::push_line_error(
+            &mut line,
+            None,
+            &format!(
+                "{why}: the first line must be \
+                 {{\"action\":\"auth\",\"params\":{{\"token\":\"<the broker's --backend-token>\"}}}}"
+            ),
+        );
+        // Best effort: nothing else was ever written to this socket.
+        let _ = b.sock.write(&line);
+        self.end_backend(key);
+    }
+
+    /// Writes every backend buffer that grew this turn, and lets paused
+    /// clients read again once their backend has caught up.
+    pub(super) fn flush_backends(&mut self) {
+        let mut dirty = std::mem::take(&mut self.turn.dirty_backends);
+        for &key in &dirty {
+            let Some(b) = self.backends.get_mut(key) else {
+                continue;
+            };
+            b.dirty = false;
+            if !b.ready.writable || b.closing {
+                continue;
+            }
+            while b.out_pos < b.out.len() {
+                match SocketResult::of_write(b.sock.write(&b.out[b.out_pos..])) {
+                    SocketResult::Done(n) => b.out_pos += n,
+                    SocketResult::WouldBlock => {
+                        b.ready.writable = false;
+                        break;
+                    }
+                    SocketResult::Retry => {}
+                    SocketResult::Closed(e) => {
+                        match e {
+                            Some(e) => info!("backend {} disconnected: {e}", b.peer),
+                            None => info!("backend {} disconnected", b.peer),
+                        }
+                        self.end_backend(key);
+                        break;
+                    }
+                }
+            }
+            let Some(b) = self.backends.get_mut(key).filter(|b| !b.closing) else {
+                continue;
+            };
+            if b.out_pos == b.out.len() {
+                b.out.clear();
+                b.out_pos = 0;
+                // Keep a working buffer between bursts; give back a big one.
+                if b.out.capacity() > BACKEND_BUFFER_KEPT {
+                    b.out = Vec::new();
+                }
+            } else if b.out_pos >= READ_CHUNK && b.out_pos > b.out.len() / 2 {
+                // Move the unsent tail to the front (each byte moves at most
+                // once on average) so a backend that keeps up only partly
+                // does not make the buffer grow.
+                b.out.drain(..b.out_pos);
+                b.out_pos = 0;
+            }
+            if !b.paused.is_empty() && b.unsent() <= self.config.max_backend_buffer / 2 {
+                let paused = std::mem::take(&mut b.paused);
+                info!(
+                    "backend {} caught up: reading from {} paused clients again",
+                    b.peer,
+                    paused.len()
+                );
+                self.resume(paused);
+            }
+        }
+        dirty.clear();
+        if self.turn.dirty_backends.is_empty() {
+            self.turn.dirty_backends = dirty;
+        }
+    }
+
+    /// Lets paused clients read again (next turn).
+    pub(super) fn resume(&mut self, paused: Vec<ConnRef>) {
+        for r in paused {
+            if let Some(c) = self.clients.get_mut(r.key) {
+                if c.serial == r.serial && c.paused {
+                    c.paused = false;
+                    self.turn.read_again.push(r.key);
+                }
+            }
+        }
+    }
+}
+
+fn trim_cr(line: &mut [u8]) -> &mut [u8] {
+    match line.last() {
+        Some(b'\r') => {
+            let n = line.len() - 1;
+            &mut line[..n]
+        }
+        _ => line,
+    }
+}

@@ -1,0 +1,202 @@
+//! The connections the loop owns, as data: a WebSocket [`Client`] through
+//! its phases, an application [`Backend`], the [`ConnRef`] that names one
+//! of them across key reuse, and the [`Ending`] a client is given.
+//!
+//! Nothing here does I/O or touches another connection; the files beside
+//! this one do, each for its own concern.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use mio::net::TcpStream;
+
+use crate::outq::OutQueue;
+use crate::socket::Readiness;
+use crate::ws::frame::FrameReader;
+
+/// A (key, serial) pair naming one connection even after its slab key is
+/// reused: serials are never reused while the broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct ConnRef {
+    pub key: usize,
+    pub serial: u64,
+}
+
+/// How a client connection stands.
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// Reading the HTTP upgrade request.
+    Handshake,
+    /// Waiting for a backend's answer to our `connection_request`.
+    Pending {
+        url: Box<str>,
+        accept_key: Box<str>,
+        backend: ConnRef,
+    },
+    /// Upgraded and registered in the hub.
+    Open,
+    /// Our last bytes are queued; the socket closes once they are written
+    /// (and, when `await_peer`, once the client's close frame or EOF comes),
+    /// or when the close timeout passes.
+    Closing { await_peer: bool },
+}
+
+/// What a client's events carry: its identity, serialised once.
+#[derive(Debug)]
+pub(super) struct ClientContext {
+    pub json: Box<[u8]>,
+}
+
+/// How a client connection ends. I/O paths, timers and commands record an
+/// ending on the client ([`Client::ending`]); the end of the turn carries
+/// it out once (closes.rs).
+#[derive(Debug, Clone)]
+pub(super) enum Ending {
+    /// Send an HTTP error status (before any upgrade) and close.
+    Http {
+        status: u16,
+        text: &'static str,
+        reason: Cow<'static, str>,
+    },
+    /// Close once what is already queued is written.
+    Flush,
+    /// Send a close frame; wait for the client's close when `await_peer`.
+    Close {
+        code: u16,
+        reason: Cow<'static, str>,
+        await_peer: bool,
+    },
+    /// Answer the client's close frame (echoing its code) and close.
+    Echo(Option<u16>),
+    /// The socket is gone (EOF, reset, error): drop it now.
+    Drop,
+}
+
+impl Ending {
+    /// HTTP 503 with `reason` in the body.
+    pub fn unavailable(reason: impl Into<Cow<'static, str>>) -> Ending {
+        Ending::Http {
+            status: 503,
+            text: "Service Unavailable",
+            reason: reason.into(),
+        }
+    }
+
+    /// A close frame, without waiting for the client's.
+    pub fn close(code: u16, reason: impl Into<Cow<'static, str>>) -> Ending {
+        Ending::Close {
+            code,
+            reason: reason.into(),
+            await_peer: false,
+        }
+    }
+}
+
+/// One WebSocket client connection.
+#[derive(Debug)]
+pub(super) struct Client {
+    pub sock: TcpStream,
+    pub serial: u64,
+    pub peer: SocketAddr,
+    pub phase: Phase,
+    /// Bytes read but not yet consumed (a partial request head or frame).
+    pub inbuf: Vec<u8>,
+    pub reader: FrameReader,
+    pub outq: OutQueue,
+    pub ready: Readiness,
+    /// Listed in the turn's dirty clients.
+    pub dirty: bool,
+    /// Set once the client is accepted.
+    pub context: Option<ClientContext>,
+    /// The backend that gets this client's events while it lives.
+    pub backend: Option<ConnRef>,
+    /// Reading stopped until the backend's buffer drains.
+    pub paused: bool,
+    /// A frame arrived since the last ping was sent.
+    pub alive: bool,
+    /// A ping was sent and its deadline has not been checked yet.
+    pub awaiting_pong: bool,
+    /// How this connection ends, recorded this turn and carried out at its
+    /// end; from then on nothing more is read from it or queued on it.
+    pub ending: Option<Ending>,
+}
+
+impl Client {
+    /// A client just accepted, reading its upgrade request.
+    pub fn new(sock: TcpStream, serial: u64, peer: SocketAddr, reader: FrameReader) -> Client {
+        Client {
+            sock,
+            serial,
+            peer,
+            phase: Phase::Handshake,
+            inbuf: Vec::new(),
+            reader,
+            outq: OutQueue::new(),
+            ready: Readiness::default(),
+            dirty: false,
+            context: None,
+            backend: None,
+            paused: false,
+            alive: true,
+            awaiting_pong: false,
+            ending: None,
+        }
+    }
+
+    /// Open and not ending this turn: it takes messages.
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open) && self.ending.is_none()
+    }
+}
+
+/// One application backend connection.
+#[derive(Debug)]
+pub(super) struct Backend {
+    pub sock: TcpStream,
+    pub serial: u64,
+    pub peer: SocketAddr,
+    pub inbuf: Vec<u8>,
+    pub out: Vec<u8>,
+    pub out_pos: usize,
+    pub ready: Readiness,
+    /// Listed in the turn's dirty backends.
+    pub dirty: bool,
+    /// Ending: out of the routing, no more lines carried out; removed at
+    /// the end of the turn.
+    pub closing: bool,
+    /// Clients whose reading stopped because this backend's buffer passed
+    /// `--max-backend-buffer`; resumed when it drains to half of that.
+    pub paused: Vec<ConnRef>,
+    /// Presented the backend token (always true without one); only then
+    /// does it take part in routing.
+    pub authenticated: bool,
+}
+
+impl Backend {
+    /// A backend just accepted.
+    pub fn new(sock: TcpStream, serial: u64, peer: SocketAddr, authenticated: bool) -> Backend {
+        Backend {
+            sock,
+            serial,
+            peer,
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+            ready: Readiness::default(),
+            dirty: false,
+            closing: false,
+            paused: Vec::new(),
+            authenticated,
+        }
+    }
+
+    /// Bytes queued for this backend and not yet written.
+    pub fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
+    /// Whether `r` names this backend and it still takes events.
+    pub fn is(&self, r: ConnRef) -> bool {
+        self.serial == r.serial && !self.closing
+    }
+}
