@@ -27,8 +27,6 @@ fn only_listed_origins_reach_the_backend() {
         // The first event the backend sees is this allowed request.
         let request = backend.expect("connection_request");
         assert_eq!(request["params"]["headers"]["Origin"], json!([origin]));
-        backend.respond(&request, json!({"accepted": true}));
-        clients.push(upgrade.finish().expect("an allowed origin is upgraded"));
-        backend.expect("new_connection");
+        clients.push(upgrade.accept(&mut backend, &request, json!({})).ws);
     }
 }

@@ -13,11 +13,9 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -102,7 +100,7 @@ impl ChildBackend {
         let local = local_rx
             .recv_timeout(TIMEOUT)
             .expect("the child backend did not connect");
-        broker.wait_log(&[&format!("backend {local} connected (")]);
+        broker.wait_backend_connected(&local);
         ChildBackend { child, events }
     }
 
@@ -159,38 +157,12 @@ fn index_in(event: &Value, prefix: &str) -> usize {
         .unwrap_or_else(|| panic!("expected a {prefix} message, got {event}"))
 }
 
-/// A client sending `p1-000000`, `p1-000001`, ... about one a millisecond
-/// on its own thread until stopped.
-struct Stream {
-    sent: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    done: Receiver<(Ws, usize)>,
-}
-
-impl Stream {
-    fn start(mut ws: Ws) -> Stream {
-        let sent = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (tx, done) = mpsc::channel();
-        let (thread_sent, thread_stop) = (Arc::clone(&sent), Arc::clone(&stop));
-        thread::spawn(move || {
-            let mut i = 0;
-            // Bounded: the test stops it well before.
-            while !thread_stop.load(Ordering::SeqCst) && i < 100_000 {
-                send_text(&mut ws, &format!("p1-{i:06}"));
-                i += 1;
-                thread_sent.store(i, Ordering::SeqCst);
-                thread::sleep(Duration::from_millis(1));
-            }
-            let _ = tx.send((ws, i));
-        });
-        Stream { sent, stop, done }
-    }
-
-    fn stop(self) -> (Ws, usize) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.done.recv_timeout(TIMEOUT).expect("the stream stopped")
-    }
+/// Client x's load: `p1-000000`, `p1-000001`, ... about one a millisecond
+/// until stopped (bounded: the test stops it well before the last).
+fn start_stream(x: Ws) -> Flood {
+    Flood::start(x, 100_000, Duration::from_millis(1), |i| {
+        format!("p1-{i:06}")
+    })
 }
 
 /// The scenario up to the new backend: clients x (streaming) and y (idle)
@@ -202,22 +174,17 @@ fn kill_midstream(broker: &Broker) -> (Ws, Ws, usize, usize) {
     let mut doomed = ChildBackend::spawn(broker);
     let x = doomed.join(broker, "x");
     let y = doomed.join(broker, "y");
-    let stream = Stream::start(x);
+    let stream = start_stream(x);
     let seen_last = doomed.wait_messages(BEFORE_KILL);
     doomed.child.kill().expect("SIGKILL the backend");
     doomed.child.wait().unwrap();
     broker.wait_log(&["INFO", "backend", "disconnected"]);
-    let noticed_at = stream.sent.load(Ordering::SeqCst);
-    let deadline = Instant::now() + TIMEOUT;
-    while stream.sent.load(Ordering::SeqCst) < noticed_at + AFTER_KILL {
-        assert!(Instant::now() < deadline, "the stream stalled");
-        thread::sleep(Duration::from_millis(5));
-    }
+    stream.wait_sent(stream.sent() + AFTER_KILL);
     let (mut x, sent) = stream.stop();
     // What x sent has been handled, and x is still open.
-    barrier(&mut x);
+    barrier(&mut x, BrokerPings::Fail);
     let mut y = y;
-    barrier(&mut y);
+    barrier(&mut y, BrokerPings::Fail);
     // The killed backend's last events were still in flight: they are
     // lost with it, at most what was sent between its last event and the
     // broker noticing.
@@ -249,7 +216,7 @@ fn events_while_no_backend_reach_the_next_one_in_order() {
     for i in 0..30 {
         send_text(&mut x, &format!("p2-{i:06}"));
     }
-    barrier(&mut x);
+    barrier(&mut x, BrokerPings::Fail);
 
     let mut next = Backend::connect(&broker);
     // The queue: the tail of the stream, from where the broker noticed the
@@ -289,7 +256,7 @@ fn beyond_queue_size_the_oldest_are_dropped_counted_and_logged() {
     for i in 0..100 {
         send_text(&mut x, &format!("p2-{i:06}"));
     }
-    barrier(&mut x);
+    barrier(&mut x, BrokerPings::Fail);
 
     // The new backend's "connected" log line comes after every drop
     // warning: once it is read, they all are.

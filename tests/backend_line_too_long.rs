@@ -22,15 +22,13 @@ fn overlong_line_closes_only_that_backend(limit: usize, line_len: usize) {
     let mut bad = Backend::connect(&broker);
     let mut good = Backend::connect(&broker);
     // The client's request goes to one of them; let `good` own the client.
-    let upgrade = start_upgrade(&broker, "/ws/room", &[]);
-    let (who, request) = recv_any(&mut [&mut bad, &mut good]);
-    let owner = if who == 0 { &mut bad } else { &mut good };
-    owner.respond(
-        &request,
-        serde_json::json!({"accepted": true, "client_id": "c", "room_id": "room"}),
+    let (_, client) = accept_any(
+        &broker,
+        &mut [&mut bad, &mut good],
+        "/ws/room",
+        serde_json::json!({"client_id": "c", "room_id": "room"}),
     );
-    let mut ws = upgrade.finish().expect("upgrade");
-    owner.expect("new_connection");
+    let mut ws = client.ws;
 
     let huge = to_room("room", &"x".repeat(line_len)).to_string();
     bad.send_raw_unchecked(&huge);

@@ -43,10 +43,5 @@ fn no_answer_gives_503_after_the_connect_timeout() {
     // Answering too late neither upgrades anything nor reaches a client:
     // the next event is the request of the next client.
     backend.respond(&request, json!({"accepted": true}));
-    let next = start_upgrade(&broker, "/ws/next", &[]);
-    let event = backend.recv();
-    assert_eq!(event["action"], "connection_request", "got {event}");
-    assert_eq!(event["params"]["url"], "/ws/next");
-    backend.respond(&event, json!({"accepted": true}));
-    next.finish().expect("the next client is accepted");
+    expect_next_request(&broker, &mut backend, "/ws/next");
 }

@@ -20,17 +20,14 @@ fn each_client_sticks_to_one_backend_until_it_dies() {
     let mut owner = Vec::new();
     let mut clients = Vec::new();
     for i in 0..CLIENTS {
-        let upgrade = start_upgrade(&broker, "/ws/room", &[]);
-        let (who, request) = recv_any(&mut [&mut a, &mut b]);
-        assert_eq!(request["action"], "connection_request", "got {request}");
-        let backend = if who == 0 { &mut a } else { &mut b };
-        backend.respond(
-            &request,
-            json!({"accepted": true, "client_id": format!("c{i}")}),
+        let (who, client) = accept_any(
+            &broker,
+            &mut [&mut a, &mut b],
+            "/ws/room",
+            json!({"client_id": format!("c{i}")}),
         );
-        clients.push(upgrade.finish().expect("upgrade"));
-        let event = backend.expect("new_connection");
-        assert_eq!(event["params"]["context"]["client_id"], format!("c{i}"));
+        assert_eq!(client.context["client_id"], format!("c{i}"));
+        clients.push(client.ws);
         owner.push(who);
     }
     for pair in owner.windows(2) {
@@ -60,9 +57,7 @@ fn each_client_sticks_to_one_backend_until_it_dies() {
     }
 
     // Backend a dies: its clients' next events go to b, in order.
-    let a_addr = a.local;
-    a.disconnect();
-    broker.wait_log(&[&format!("backend {a_addr} disconnected")]);
+    a.disconnect_and_wait(&broker);
     for round in 0..ROUNDS {
         for (i, ws) in clients.iter_mut().enumerate() {
             send_text(ws, &format!("c{i} after #{round}"));
@@ -97,13 +92,9 @@ fn a_new_backend_takes_its_share_of_requests() {
     let mut got = [0usize; 2];
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let upgrade = start_upgrade(&broker, "/ws/r", &[]);
-        let (who, request) = recv_any(&mut [&mut a, &mut b]);
+        let (who, client) = accept_any(&broker, &mut [&mut a, &mut b], "/ws/r", json!({}));
         got[who] += 1;
-        let backend = if who == 0 { &mut a } else { &mut b };
-        backend.respond(&request, json!({"accepted": true}));
-        clients.push(upgrade.finish().expect("upgrade"));
-        backend.expect("new_connection");
+        clients.push(client.ws);
     }
     assert_eq!(got, [2, 2], "4 requests over 2 backends, round robin");
 }

@@ -118,8 +118,7 @@ fn client(broker_ws: std::net::SocketAddr, url: String, i: usize) {
     match i % 8 {
         // Rejected by the backend: 403 before any upgrade.
         0 => {
-            let stream = TcpStream::connect(broker_ws).unwrap();
-            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let stream = raw_connect(broker_ws);
             let request = format!("ws://{broker_ws}/ws/reject-{i}");
             match tungstenite::client::client(request, stream) {
                 Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
@@ -134,8 +133,7 @@ fn client(broker_ws: std::net::SocketAddr, url: String, i: usize) {
             raw_write(&mut stream, b"GET /ws/churn HTTP/1.1\r\nHost: x\r\n");
         }
         _ => {
-            let stream = TcpStream::connect(broker_ws).unwrap();
-            stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let stream = raw_connect(broker_ws);
             let (mut ws, _) =
                 tungstenite::client::client(url, stream).expect("the upgrade succeeds");
             for m in 0..MESSAGES {

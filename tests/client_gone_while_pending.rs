@@ -21,11 +21,7 @@ fn abandoned_request(broker: &Broker, backend: &mut Backend) -> serde_json::Valu
 /// With --max-pending-requests 1, the next upgrade reaches the backend:
 /// the earlier request no longer holds the one slot.
 fn slot_is_free(broker: &Broker, backend: &mut Backend) {
-    let upgrade = start_upgrade(broker, "/ws/room", &[]);
-    let request = backend.expect("connection_request");
-    backend.respond(&request, json!({"accepted": true, "client_id": "next"}));
-    upgrade.finish().expect("the next client gets in");
-    backend.expect("new_connection");
+    accept(broker, backend, "/ws/room", json!({"client_id": "next"}));
 }
 
 #[test]

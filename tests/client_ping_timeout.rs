@@ -6,8 +6,6 @@ mod common;
 
 use common::*;
 
-const PONG: u8 = 0xA;
-
 #[test]
 fn a_client_that_never_answers_pings_is_closed() {
     let broker = Broker::start(&["--ping-interval", "0.2", "--ping-timeout", "0.3"]);
@@ -16,9 +14,7 @@ fn a_client_that_never_answers_pings_is_closed() {
     let (opcode, _) = read_frame(&mut raw);
     assert_eq!(opcode, PING, "expected a ping first");
     // Not answering: next comes the close.
-    let (opcode, payload) = read_frame(&mut raw);
-    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
-    assert_eq!(close_payload(&payload).0, 1001, "close payload {payload:?}");
+    expect_close(&mut raw, 1001, AfterClose::Unchecked);
     let event = backend.expect("disconnected");
     assert_eq!(event["params"]["context"]["client_id"], "mute");
 }

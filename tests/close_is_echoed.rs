@@ -15,13 +15,8 @@ fn close_code_is_echoed_then_the_connection_ends() {
     let mut payload = 4321u16.to_be_bytes().to_vec();
     payload.extend_from_slice(b"going away now");
     raw_write(&mut raw, &masked(CLOSE, &payload));
-    let (opcode, echo) = read_frame(&mut raw);
-    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
-    assert_eq!(close_payload(&echo).0, 4321, "echo payload {echo:?}");
-    assert!(
-        read_to_eof(&mut raw).is_empty(),
-        "bytes after the close frame"
-    );
+    let after = expect_close(&mut raw, 4321, AfterClose::Eof);
+    assert!(after.is_empty(), "bytes after the close frame");
     backend.expect("disconnected");
 }
 
@@ -36,10 +31,7 @@ fn normal_closure_and_empty_close_are_echoed() {
     }))
     .unwrap();
     assert_eq!(recv_close(&mut ws).0, 1000);
-    match ws.read() {
-        Err(tungstenite::Error::ConnectionClosed) => {}
-        other => panic!("expected the end of the connection, got {other:?}"),
-    }
+    expect_ended(&mut ws);
     backend.expect("disconnected");
 
     let mut raw = raw_join(&broker, &mut backend, "b", "room");

@@ -122,8 +122,6 @@ fn connection_request_carries_canonical_headers_url_and_peer() {
             "header {name} is not a list of strings"
         );
     }
-    backend.respond(&request, json!({"accepted": true}));
-    upgrade.finish().expect("the upgrade succeeds");
-    let event = backend.expect("new_connection");
-    assert_eq!(event["params"]["context"]["room_id"], "/ws/chat/general");
+    let client = upgrade.accept(&mut backend, &request, json!({}));
+    assert_eq!(client.context["room_id"], "/ws/chat/general");
 }

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,11 +44,7 @@ fn past_max_pending_requests_upgrades_get_503_at_once() {
 #[test]
 fn no_upgrade_request_in_time_gets_408() {
     let broker = Broker::start(&["--connect-timeout", "0.3"]);
-    let mut stream = TcpStream::connect(broker.ws).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
     // Half a request head, then nothing.
-    raw_write(&mut stream, b"GET /ws/room HTTP/1.1\r\nHost: x\r\n");
-    let reply = read_to_eof(&mut stream);
-    let reply = String::from_utf8_lossy(&reply);
+    let reply = send_head(&broker, "GET /ws/room HTTP/1.1\r\nHost: x\r\n");
     assert_eq!(status_of(&reply), 408, "reply: {reply:?}");
 }

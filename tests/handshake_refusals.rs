@@ -7,17 +7,9 @@
 mod common;
 
 use std::io::Write;
-use std::net::TcpStream;
 
 use common::*;
 use serde_json::json;
-
-fn send_head(broker: &Broker, head: &str) -> String {
-    let mut stream = TcpStream::connect(broker.ws).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(head.as_bytes()).unwrap();
-    String::from_utf8_lossy(&read_to_eof(&mut stream)).into_owned()
-}
 
 fn upgrade_head(method: &str, extra: &str, version: &str, key: bool) -> String {
     let key = if key {
@@ -79,8 +71,7 @@ fn oversized_heads_get_431() {
 fn frames_sent_right_behind_the_request_arrive_after_acceptance() {
     let broker = Broker::start(&[]);
     let mut backend = Backend::connect(&broker);
-    let mut stream = TcpStream::connect(broker.ws).unwrap();
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut stream = raw_connect(broker.ws);
     let mut bytes = upgrade_head("GET", "", "13", true).into_bytes();
     bytes.extend(masked(TEXT, b"early one"));
     bytes.extend(masked(TEXT, b"early two"));

@@ -4,17 +4,10 @@
 
 mod common;
 
-use std::net::TcpStream;
-
 use common::*;
 
-/// Expects the broker's close frame with `code`, then the end of the stream.
-fn expect_close(stream: &mut TcpStream, code: u16) {
-    let (opcode, payload) = read_frame(stream);
-    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
-    assert_eq!(close_payload(&payload).0, code, "close payload {payload:?}");
-    read_to_eof(stream);
-}
+/// The mask of the fragmented messages here.
+const KEY: Option<[u8; 4]> = Some([9, 8, 7, 6]);
 
 #[test]
 fn invalid_utf8_in_one_frame_gives_1007() {
@@ -23,7 +16,7 @@ fn invalid_utf8_in_one_frame_gives_1007() {
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
     raw_write(&mut raw, &masked(TEXT, "before".as_bytes()));
     raw_write(&mut raw, &masked(TEXT, b"ok \xc3\x28 not ok"));
-    expect_close(&mut raw, 1007);
+    expect_close(&mut raw, 1007, AfterClose::Eof);
     assert_eq!(backend.expect("new_message")["params"]["message"], "before");
     // The next event is the disconnect, not the bad message.
     backend.expect("disconnected");
@@ -36,15 +29,10 @@ fn invalid_utf8_across_fragments_gives_1007() {
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
     // "€" is e2 82 ac: the first fragment ends inside it, the second
     // continues with a byte that cannot follow.
-    raw_write(
-        &mut raw,
-        &frame(false, TEXT, b"price \xe2\x82", Some([9, 8, 7, 6])),
-    );
-    raw_write(
-        &mut raw,
-        &frame(true, CONTINUATION, b"\x28", Some([9, 8, 7, 6])),
-    );
-    expect_close(&mut raw, 1007);
+    for f in fragments(TEXT, &[b"price \xe2\x82", b"\x28"], KEY) {
+        raw_write(&mut raw, &f);
+    }
+    expect_close(&mut raw, 1007, AfterClose::Eof);
     backend.expect("disconnected");
 }
 
@@ -53,14 +41,9 @@ fn a_character_split_across_fragments_is_fine() {
     let broker = Broker::start(&[]);
     let mut backend = Backend::connect(&broker);
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
-    raw_write(
-        &mut raw,
-        &frame(false, TEXT, b"price \xe2\x82", Some([9, 8, 7, 6])),
-    );
-    raw_write(
-        &mut raw,
-        &frame(true, CONTINUATION, b"\xac 5", Some([9, 8, 7, 6])),
-    );
+    for f in fragments(TEXT, &[b"price \xe2\x82", b"\xac 5"], KEY) {
+        raw_write(&mut raw, &f);
+    }
     assert_eq!(
         backend.expect("new_message")["params"]["message"],
         "price € 5"
@@ -73,6 +56,6 @@ fn invalid_utf8_in_a_close_reason_gives_1007() {
     let mut backend = Backend::connect(&broker);
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
     raw_write(&mut raw, &masked(CLOSE, b"\x03\xe8bad \xff reason"));
-    expect_close(&mut raw, 1007);
+    expect_close(&mut raw, 1007, AfterClose::Eof);
     backend.expect("disconnected");
 }

@@ -59,15 +59,11 @@ fn one_mib_in_fragments_from_client_to_backend() {
     let mut ws = join(&broker, &mut backend, "big", "room");
     let text = tricky_text(MIB);
     // 17 fragments of odd sizes, cutting through multi-byte characters.
-    let bytes = text.as_bytes();
-    let chunk = 65_537;
-    let mut raw = Vec::new();
-    for (i, part) in bytes.chunks(chunk).enumerate() {
-        let opcode = if i == 0 { TEXT } else { CONTINUATION };
-        let fin = (i + 1) * chunk >= bytes.len();
-        raw.extend(frame(fin, opcode, part, Some([1, 2, 3, 4])));
-    }
-    send_raw(&mut ws, &raw);
+    let parts: Vec<&[u8]> = text.as_bytes().chunks(65_537).collect();
+    send_raw(
+        &mut ws,
+        &fragments(TEXT, &parts, Some([1, 2, 3, 4])).concat(),
+    );
     let event = backend.expect("new_message");
     assert_same(event["params"]["message"].as_str().unwrap(), &text);
 }

@@ -4,16 +4,7 @@
 
 mod common;
 
-use std::net::TcpStream;
-
 use common::*;
-
-fn expect_close(stream: &mut TcpStream, code: u16) {
-    let (opcode, payload) = read_frame(stream);
-    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
-    assert_eq!(close_payload(&payload).0, code, "close payload {payload:?}");
-    read_to_eof(stream);
-}
 
 #[test]
 fn exactly_the_limit_passes_one_byte_more_gives_1009() {
@@ -24,7 +15,7 @@ fn exactly_the_limit_passes_one_byte_more_gives_1009() {
     raw_write(&mut raw, &masked(TEXT, fits.as_bytes()));
     assert_eq!(backend.expect("new_message")["params"]["message"], fits);
     raw_write(&mut raw, &masked(TEXT, "b".repeat(1001).as_bytes()));
-    expect_close(&mut raw, 1009);
+    expect_close(&mut raw, 1009, AfterClose::Eof);
     backend.expect("disconnected");
 }
 
@@ -35,10 +26,10 @@ fn fragments_adding_up_past_the_limit_give_1009() {
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
     let part = "f".repeat(400);
     let key = Some([5, 6, 7, 8]);
-    raw_write(&mut raw, &frame(false, TEXT, part.as_bytes(), key));
-    raw_write(&mut raw, &frame(false, CONTINUATION, part.as_bytes(), key));
-    raw_write(&mut raw, &frame(true, CONTINUATION, part.as_bytes(), key));
-    expect_close(&mut raw, 1009);
+    for f in fragments(TEXT, &[part.as_bytes(); 3], key) {
+        raw_write(&mut raw, &f);
+    }
+    expect_close(&mut raw, 1009, AfterClose::Eof);
     backend.expect("disconnected");
 }
 
@@ -52,7 +43,7 @@ fn a_huge_declared_length_gives_1009_without_sending_it() {
     header.extend_from_slice(&(1u64 << 30).to_be_bytes());
     header.extend_from_slice(&[1, 2, 3, 4]);
     raw_write(&mut raw, &header);
-    expect_close(&mut raw, 1009);
+    expect_close(&mut raw, 1009, AfterClose::Eof);
 }
 
 #[test]
@@ -62,16 +53,14 @@ fn more_fragments_than_max_fragments_give_1009() {
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
     let key = Some([5, 6, 7, 8]);
     // Four fragments are fine.
-    raw_write(&mut raw, &frame(false, TEXT, b"a", key));
-    for last in [false, false, true] {
-        raw_write(&mut raw, &frame(last, CONTINUATION, b"b", key));
+    for f in fragments(TEXT, &[b"a", b"b", b"b", b"b"], key) {
+        raw_write(&mut raw, &f);
     }
     assert_eq!(backend.expect("new_message")["params"]["message"], "abbb");
     // Five are not.
-    raw_write(&mut raw, &frame(false, TEXT, b"a", key));
-    for last in [false, false, false, true] {
-        raw_write(&mut raw, &frame(last, CONTINUATION, b"b", key));
+    for f in fragments(TEXT, &[b"a", b"b", b"b", b"b", b"b"], key) {
+        raw_write(&mut raw, &f);
     }
-    expect_close(&mut raw, 1009);
+    expect_close(&mut raw, 1009, AfterClose::Eof);
     backend.expect("disconnected");
 }

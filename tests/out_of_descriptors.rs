@@ -48,6 +48,16 @@ fn start_with_limits(flags: &[&str], soft: libc::rlim_t, hard: libc::rlim_t) -> 
     })
 }
 
+/// [`FLOOD`] TCP connections to the WebSocket port that send nothing.
+fn connect_flood(broker: &Broker) -> Vec<TcpStream> {
+    (0..FLOOD)
+        .map(|i| {
+            TcpStream::connect(broker.ws)
+                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
+        })
+        .collect()
+}
+
 #[test]
 fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
     // A long --connect-timeout: the flood's connections send nothing and
@@ -62,12 +72,7 @@ fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
     let mut a = join(&broker, &mut backend, "a", "r");
     let baseline = broker.open_fds();
 
-    let flood: Vec<TcpStream> = (0..FLOOD)
-        .map(|i| {
-            TcpStream::connect(broker.ws)
-                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
-        })
-        .collect();
+    let flood = connect_flood(&broker);
     broker.wait_log(&["WARN", "out of file descriptors"]);
     assert!(broker.is_running(), "the broker died out of descriptors");
 
@@ -111,13 +116,9 @@ fn join_when_room(broker: &Broker, backend: &mut Backend, id: &str) -> Ws {
         let upgrade = start_upgrade(broker, "/ws/r", &[]);
         if let Some(request) = backend.recv_within(Duration::from_secs(1)) {
             assert_eq!(request["action"], "connection_request", "got {request}");
-            backend.respond(
-                &request,
-                json!({"accepted": true, "client_id": id, "room_id": "r"}),
-            );
-            let ws = upgrade.finish().expect("the upgrade succeeds");
-            backend.expect("new_connection");
-            return ws;
+            return upgrade
+                .accept(backend, &request, json!({"client_id": id, "room_id": "r"}))
+                .ws;
         }
         assert_eq!(upgrade.refused_status(), 503);
         assert!(
@@ -133,12 +134,7 @@ fn join_when_room(broker: &Broker, backend: &mut Backend, id: &str) -> Ws {
 #[test]
 fn running_out_of_descriptors_is_warned_once_not_at_every_retry() {
     let broker = start_with_nofile(&["--connect-timeout", "30"]);
-    let _flood: Vec<TcpStream> = (0..FLOOD)
-        .map(|i| {
-            TcpStream::connect(broker.ws)
-                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
-        })
-        .collect();
+    let _flood = connect_flood(&broker);
     broker.wait_log(&["WARN", "out of file descriptors"]);
     // Ten retries' worth.
     thread::sleep(Duration::from_secs(1));

@@ -6,8 +6,6 @@ mod common;
 use common::*;
 use tungstenite::Message;
 
-const PONG: u8 = 0xA;
-
 #[test]
 fn ping_gets_pong_with_its_payload() {
     let broker = Broker::start(&[]);

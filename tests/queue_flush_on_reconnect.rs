@@ -12,13 +12,8 @@ use tungstenite::Message;
 /// backend away (waiting until the broker has seen it go).
 fn orphaned_clients(broker: &Broker, ids: &[&str]) -> Vec<Ws> {
     let mut backend = Backend::connect(broker);
-    let clients = ids
-        .iter()
-        .map(|id| join(broker, &mut backend, id, "q"))
-        .collect();
-    let local = backend.local;
-    backend.disconnect();
-    broker.wait_log(&[&format!("backend {local} disconnected")]);
+    let clients = join_each(broker, &mut backend, ids, "q");
+    backend.disconnect_and_wait(broker);
     clients
 }
 
@@ -42,14 +37,14 @@ fn queued_events_reach_the_next_backend_in_order() {
     for i in 0..5 {
         send_text(&mut x, &format!("m{i}"));
     }
-    barrier(&mut x);
+    barrier(&mut x, BrokerPings::Fail);
     y.close(None).unwrap();
     // The echo of the close comes after the broker handled it.
     assert!(matches!(next_message(&mut y), Message::Close(_)));
     for i in 5..10 {
         send_text(&mut x, &format!("m{i}"));
     }
-    barrier(&mut x);
+    barrier(&mut x, BrokerPings::Fail);
 
     let mut next = Backend::connect(&broker);
     let mut want: Vec<String> = (0..5).map(|i| format!("x: m{i}")).collect();
@@ -70,7 +65,7 @@ fn a_full_queue_keeps_the_newest_and_logs_the_drop() {
     for i in 0..5 {
         send_text(&mut x, &format!("m{i}"));
     }
-    barrier(&mut x);
+    barrier(&mut x, BrokerPings::Fail);
     broker.wait_log(&["WARN", "dropped"]);
 
     let mut next = Backend::connect(&broker);
@@ -91,7 +86,7 @@ fn queue_size_zero_keeps_nothing() {
     for i in 0..3 {
         send_text(&mut x, &format!("m{i}"));
     }
-    barrier(&mut x);
+    barrier(&mut x, BrokerPings::Fail);
     let mut next = Backend::connect(&broker);
     send_text(&mut x, "live");
     assert_eq!(

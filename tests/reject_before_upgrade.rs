@@ -13,19 +13,11 @@ fn rejection_is_403_and_never_101() {
     let mut stream = raw_upgrade_request(&broker, "/ws/private");
     let request = backend.expect("connection_request");
     backend.respond(&request, json!({"accepted": false}));
-    let reply = read_to_eof(&mut stream);
-    let reply = String::from_utf8_lossy(&reply);
-    assert_eq!(status_of(&reply), 403, "reply: {reply:?}");
-    assert!(!reply.contains("101"), "a 101 was sent: {reply:?}");
+    expect_refused_before_upgrade(&mut stream, 403);
 
     // No new_connection and no disconnected for the rejected client: the
     // next event is the request of the next client.
-    let next = start_upgrade(&broker, "/ws/next", &[]);
-    let event = backend.recv();
-    assert_eq!(event["action"], "connection_request", "got {event}");
-    assert_eq!(event["params"]["url"], "/ws/next");
-    backend.respond(&event, json!({"accepted": true}));
-    next.finish().expect("the next client is accepted");
+    expect_next_request(&broker, &mut backend, "/ws/next");
 }
 
 #[test]

@@ -13,9 +13,7 @@ const COUNT: usize = 10_000;
 fn ten_thousand_room_messages_arrive_in_order() {
     let broker = Broker::start(&[]);
     let mut backend = Backend::connect(&broker);
-    let members: Vec<Ws> = (0..2)
-        .map(|i| join(&broker, &mut backend, &format!("m{i}"), "stream"))
-        .collect();
+    let members = join_each(&broker, &mut backend, &["m0", "m1"], "stream");
     let readers: Vec<_> = members
         .into_iter()
         .map(|mut ws| {

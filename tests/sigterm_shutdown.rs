@@ -12,9 +12,7 @@ use common::*;
 fn shutdown_with(signal: libc::c_int) {
     let mut broker = Broker::start(&[]);
     let mut backend = Backend::connect(&broker);
-    let mut clients: Vec<Ws> = (0..3)
-        .map(|i| join(&broker, &mut backend, &format!("c{i}"), "room"))
-        .collect();
+    let mut clients = join_each(&broker, &mut backend, &["c0", "c1", "c2"], "room");
     backend.send_to_room("room", "before");
     for ws in &mut clients {
         assert_eq!(recv_text(ws), "before");
@@ -24,10 +22,7 @@ fn shutdown_with(signal: libc::c_int) {
         let (code, _reason) = recv_close(ws);
         assert_eq!(code, 1001, "close code at shutdown");
         // tungstenite answers the close; then the broker closes the socket.
-        match ws.read() {
-            Err(tungstenite::Error::ConnectionClosed) => {}
-            other => panic!("expected the end of the connection, got {other:?}"),
-        }
+        expect_ended(ws);
     }
     let mut gone: Vec<String> = (0..clients.len())
         .map(|_| {
@@ -61,9 +56,7 @@ fn sigterm_with_a_client_that_never_answers_still_exits_0_in_bounded_time() {
     // A raw client that will not answer the close frame.
     let mut raw = raw_join(&broker, &mut backend, "mute", "room");
     broker.signal(libc::SIGTERM);
-    let (opcode, payload) = read_frame(&mut raw);
-    assert_eq!(opcode, CLOSE);
-    assert_eq!(close_payload(&payload).0, 1001);
+    expect_close(&mut raw, 1001, AfterClose::Unchecked);
     // It stopped accepting before it sent the close frames.
     assert!(
         TcpStream::connect(broker.ws).is_err(),

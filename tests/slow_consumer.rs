@@ -19,14 +19,11 @@ const SIZE: usize = 1000;
 const MAX_BYTES: usize = 256 * 1024 * 1024;
 
 fn payload(i: usize) -> String {
-    let head = format!("{i:08}:");
-    let pad = "x".repeat(SIZE - head.len());
-    head + &pad
+    numbered(i, SIZE)
 }
 
 fn index_of(text: &str) -> usize {
-    assert_eq!(text.len(), SIZE, "a message was cut or merged");
-    text[..8].parse().expect("an indexed message")
+    number_of(text, SIZE)
 }
 
 #[test]

@@ -12,10 +12,7 @@ fn an_unmasked_text_frame_gives_1002() {
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
     raw_write(&mut raw, &masked(TEXT, b"masked"));
     raw_write(&mut raw, &frame(true, TEXT, b"unmasked", None));
-    let (opcode, payload) = read_frame(&mut raw);
-    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
-    assert_eq!(close_payload(&payload).0, 1002, "close payload {payload:?}");
-    read_to_eof(&mut raw);
+    expect_close(&mut raw, 1002, AfterClose::Eof);
     assert_eq!(backend.expect("new_message")["params"]["message"], "masked");
     backend.expect("disconnected");
 }
@@ -26,8 +23,5 @@ fn an_unmasked_ping_gives_1002() {
     let mut backend = Backend::connect(&broker);
     let mut raw = raw_join(&broker, &mut backend, "c", "room");
     raw_write(&mut raw, &frame(true, PING, b"hi", None));
-    let (opcode, payload) = read_frame(&mut raw);
-    assert_eq!(opcode, CLOSE, "expected a close frame, got opcode {opcode}");
-    assert_eq!(close_payload(&payload).0, 1002, "close payload {payload:?}");
-    read_to_eof(&mut raw);
+    expect_close(&mut raw, 1002, AfterClose::Eof);
 }
