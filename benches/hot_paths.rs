@@ -38,14 +38,17 @@ fn backend_line(c: &mut Criterion) {
             || line.to_vec(),
             |bytes| {
                 parser.parse(bytes, |command| {
-                    assert!(matches!(command, Ok(Command::MessageToRoom { .. })));
+                    assert!(matches!(
+                        command.as_ref().map(|l| &l.command),
+                        Ok(&Command::MessageToRoom { .. })
+                    ));
                     black_box(&command);
                 });
             },
             BatchSize::SmallInput,
         )
     });
-    let ctx = backend::context_json("5b1c0c4e-2f53", "lobby", None);
+    let ctx = backend::Context::new("5b1c0c4e-2f53", "lobby", None, "a1b2c3d4-1", ["lobby"]);
     let mut out = Vec::with_capacity(1 << 20);
     group.bench_function("encode new_message event (64 B)", |b| {
         b.iter(|| {
@@ -53,7 +56,7 @@ fn backend_line(c: &mut Criterion) {
             backend::push_new_message(
                 &mut out,
                 black_box("hello there, a 64-byte message from a client of this broker!!"),
-                &ctx,
+                ctx.json(),
             );
             black_box(out.len())
         })

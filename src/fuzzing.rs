@@ -155,19 +155,17 @@ pub fn backend_lines(data: &[u8]) {
     let mut owned = data.to_vec();
     for line in owned.split_mut(|b| *b == b'\n') {
         let mut out = Vec::new();
-        parser.parse(line, |parsed| match parsed {
-            Ok(Command::Response(backend::Response {
-                client_id,
-                room_id,
-                metadata,
-                ..
-            })) => {
-                let ctx = backend::context_json(
-                    client_id.as_deref().unwrap_or("id"),
-                    room_id.as_deref().unwrap_or("/"),
-                    metadata,
+        parser.parse(line, |parsed| match parsed.map(|l| l.command) {
+            Ok(Command::Response(r)) => {
+                let rooms = r.room_id.iter().chain(&r.rooms).map(|s| s.as_ref());
+                let ctx = backend::Context::new(
+                    r.client_id.as_deref().unwrap_or("id"),
+                    r.room_id.as_deref().unwrap_or("/"),
+                    r.metadata,
+                    "n-1",
+                    rooms,
                 );
-                backend::push_new_connection(&mut out, &ctx);
+                backend::push_new_connection(&mut out, ctx.json());
             }
             Ok(
                 Command::Broadcast { message }
@@ -177,7 +175,22 @@ pub fn backend_lines(data: &[u8]) {
                 let frame = encode::message(message.as_bytes(), message.is_binary());
                 assert!(frame.len() >= message.as_bytes().len() + 2);
             }
-            Ok(Command::Auth { .. }) => {}
+            Ok(Command::Disconnect { code, reason, .. }) => {
+                assert!(backend::is_application_close_code(code.into()));
+                assert!(encode::close(Some(code), &reason).len() <= 2 + 125);
+            }
+            Ok(Command::SetMetadata { metadata, .. }) => {
+                let mut ctx = backend::Context::new("id", "/", None, "n-1", ["/"]);
+                ctx.set_metadata(metadata);
+                backend::push_new_connection(&mut out, ctx.json());
+            }
+            Ok(
+                Command::Auth { .. }
+                | Command::JoinRoom { .. }
+                | Command::LeaveRoom { .. }
+                | Command::Presence { .. }
+                | Command::PresenceStats { .. },
+            ) => {}
             Err(e) => {
                 assert!(!e.message.is_empty());
                 backend::push_line_error(&mut out, e.request_id, &e.message);

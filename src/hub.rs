@@ -1,46 +1,57 @@
-//! Who is where: rooms, client ids and the set of open clients.
+//! Who is where: open connections by key, by connection serial and by
+//! client id, and rooms with their members.
 //!
-//! Clients are named by their slab key. A room exists while it has members;
-//! several connections may share one client id (a user with several tabs).
-//! Each membership list is a `Vec` (fan-out walks contiguous memory) with
-//! O(1) removal: every member remembers its slot, and a removal moves the
-//! last member into the hole and updates that member's slot.
+//! Connections are named by their slab key. A connection is in any number
+//! of rooms (a set, kept in join order); a room exists while it has
+//! members; several connections may share one client id (a user with
+//! several tabs). Each list is a `Vec` (fan-out walks contiguous memory)
+//! with O(1) removal: every member remembers its slot in each list, and a
+//! removal moves the last entry into the hole and updates that entry's
+//! slot.
+//!
+//! This is the only place that walks membership: an [`Audience`] or a
+//! room resolves here to the connections it names.
 //!
 //! Invariant: `members[key]` is `Some` exactly when `key` is listed in
-//! `all`, in `rooms[room]` and in `ids[client_id]` at the recorded slots.
+//! `all`, in `ids[client_id]`, in `serials[serial]`, and in `rooms[r]` for
+//! each room `r` of the member, at the recorded slots.
 
 use std::rc::Rc;
 
 use ahash::AHashMap;
 
-/// Where one client is listed.
-#[derive(Debug)]
-struct Member {
-    client_id: Rc<str>,
-    room_id: Rc<str>,
-    all_slot: usize,
-    room_slot: usize,
-    id_slot: usize,
-}
-
 /// Who a message goes to.
 #[derive(Debug, Clone, Copy)]
 pub enum Audience<'a> {
-    /// Every open client.
+    /// Every open connection.
     All,
     /// The members of one room.
     Room(&'a str),
     /// Every connection of one client id.
     ClientId(&'a str),
+    /// One connection, by its serial.
+    Connection(u64),
 }
 
-/// The registry of open clients.
+/// Where one connection is listed.
+#[derive(Debug)]
+struct Member {
+    client_id: Rc<str>,
+    serial: u64,
+    /// The rooms it is in, in join order, with its slot in each.
+    rooms: Vec<(Rc<str>, usize)>,
+    all_slot: usize,
+    id_slot: usize,
+}
+
+/// The registry of open connections.
 #[derive(Debug, Default)]
 pub struct Hub {
     members: Vec<Option<Member>>,
     all: Vec<usize>,
     rooms: AHashMap<Rc<str>, Vec<usize>>,
     ids: AHashMap<Rc<str>, Vec<usize>>,
+    serials: AHashMap<u64, usize>,
 }
 
 impl Hub {
@@ -49,48 +60,41 @@ impl Hub {
         Self::default()
     }
 
-    /// Registers client `key` under `client_id` in `room_id`.
-    /// A key already registered is moved (left first).
-    pub fn join(&mut self, key: usize, client_id: &str, room_id: &str) {
-        self.leave(key);
+    /// Registers connection `key` (broker serial `serial`) under
+    /// `client_id`, in no room yet. A key already registered is removed
+    /// first.
+    pub fn register(&mut self, key: usize, serial: u64, client_id: &str) {
+        self.unregister(key);
         if self.members.len() <= key {
             self.members.resize_with(key + 1, || None);
         }
-        let (room_id, room_members) = key_and_list(&mut self.rooms, room_id);
-        let room_slot = room_members.len();
-        room_members.push(key);
         let (client_id, id_members) = key_and_list(&mut self.ids, client_id);
         let id_slot = id_members.len();
         id_members.push(key);
         let all_slot = self.all.len();
         self.all.push(key);
+        self.serials.insert(serial, key);
         self.members[key] = Some(Member {
             client_id,
-            room_id,
+            serial,
+            rooms: Vec::new(),
             all_slot,
-            room_slot,
             id_slot,
         });
     }
 
-    /// Removes client `key` from every list; no-op if it is not registered.
-    pub fn leave(&mut self, key: usize) {
+    /// Removes connection `key` from every list and room; no-op if it is
+    /// not registered.
+    pub fn unregister(&mut self, key: usize) {
         let Some(member) = self.members.get_mut(key).and_then(Option::take) else {
             return;
         };
+        for (room, slot) in &member.rooms {
+            self.remove_from_room(room, *slot);
+        }
         if let Some(moved) = remove_slot(&mut self.all, member.all_slot) {
             if let Some(m) = self.members[moved].as_mut() {
                 m.all_slot = member.all_slot;
-            }
-        }
-        if let Some(list) = self.rooms.get_mut(&member.room_id) {
-            if let Some(moved) = remove_slot(list, member.room_slot) {
-                if let Some(m) = self.members[moved].as_mut() {
-                    m.room_slot = member.room_slot;
-                }
-            }
-            if list.is_empty() {
-                self.rooms.remove(&member.room_id);
             }
         }
         if let Some(list) = self.ids.get_mut(&member.client_id) {
@@ -103,6 +107,56 @@ impl Hub {
                 self.ids.remove(&member.client_id);
             }
         }
+        self.serials.remove(&member.serial);
+    }
+
+    /// Connection `key` joins `room`; returns false when it is not
+    /// registered or already a member (joining twice is a no-op).
+    pub fn join(&mut self, key: usize, room: &str) -> bool {
+        let Some(member) = self.members.get_mut(key).and_then(Option::as_mut) else {
+            return false;
+        };
+        if member.rooms.iter().any(|(r, _)| &**r == room) {
+            return false;
+        }
+        let (room, list) = key_and_list(&mut self.rooms, room);
+        member.rooms.push((room, list.len()));
+        list.push(key);
+        true
+    }
+
+    /// Connection `key` leaves `room`; returns false when it was not in it.
+    pub fn leave(&mut self, key: usize, room: &str) -> bool {
+        let Some(member) = self.members.get_mut(key).and_then(Option::as_mut) else {
+            return false;
+        };
+        let Some(i) = member.rooms.iter().position(|(r, _)| &**r == room) else {
+            return false;
+        };
+        let (room, slot) = member.rooms.remove(i);
+        if member.rooms.is_empty() {
+            member.rooms = Vec::new();
+        }
+        self.remove_from_room(&room, slot);
+        true
+    }
+
+    /// Takes the entry at `slot` out of `room`'s list, keeping the slot of
+    /// the member moved into the hole, and drops the room once empty.
+    fn remove_from_room(&mut self, room: &Rc<str>, slot: usize) {
+        let Some(list) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if let Some(moved) = remove_slot(list, slot) {
+            if let Some(m) = self.members[moved].as_mut() {
+                if let Some(entry) = m.rooms.iter_mut().find(|(r, _)| Rc::ptr_eq(r, room)) {
+                    entry.1 = slot;
+                }
+            }
+        }
+        if list.is_empty() {
+            self.rooms.remove(room);
+        }
     }
 
     /// The connections an audience resolves to, each once.
@@ -111,6 +165,10 @@ impl Hub {
             Audience::All => self.all(),
             Audience::Room(room) => self.room(room),
             Audience::ClientId(id) => self.connections(id),
+            Audience::Connection(serial) => match self.serials.get(&serial) {
+                Some(key) => std::slice::from_ref(key),
+                None => &[],
+            },
         }
     }
 
@@ -124,14 +182,35 @@ impl Hub {
         self.ids.get(client_id).map_or(&[], Vec::as_slice)
     }
 
-    /// Every registered client.
+    /// Every registered connection.
     pub fn all(&self) -> &[usize] {
         &self.all
+    }
+
+    /// The rooms of connection `key`, in join order.
+    pub fn rooms_of(&self, key: usize) -> impl Iterator<Item = &str> + '_ {
+        self.member(key)
+            .into_iter()
+            .flat_map(|m| m.rooms.iter().map(|(r, _)| &**r))
+    }
+
+    /// The client id of connection `key`.
+    pub fn client_id(&self, key: usize) -> Option<&str> {
+        self.member(key).map(|m| &*m.client_id)
+    }
+
+    /// The serial of connection `key`.
+    pub fn serial(&self, key: usize) -> Option<u64> {
+        self.member(key).map(|m| m.serial)
     }
 
     /// Number of rooms that have members.
     pub fn room_count(&self) -> usize {
         self.rooms.len()
+    }
+
+    fn member(&self, key: usize) -> Option<&Member> {
+        self.members.get(key).and_then(Option::as_ref)
     }
 }
 
@@ -157,37 +236,90 @@ fn remove_slot(list: &mut Vec<usize>, slot: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn join_and_leave_keep_lists_consistent() {
-        let mut hub = Hub::new();
-        hub.join(0, "alice", "r1");
-        hub.join(1, "bob", "r1");
-        hub.join(2, "alice", "r2");
-        hub.join(3, "carol", "r1");
-        assert_eq!(hub.connections("alice"), &[0, 2]);
-        hub.leave(0);
-        let mut r1 = hub.room("r1").to_vec();
-        r1.sort();
-        assert_eq!(r1, [1, 3]);
-        assert_eq!(hub.connections("alice"), &[2]);
-        hub.leave(3);
-        hub.leave(1);
-        assert!(hub.room("r1").is_empty());
-        assert_eq!(hub.room_count(), 1);
-        assert_eq!(hub.all(), &[2]);
-        hub.leave(2);
-        hub.leave(2);
-        assert!(hub.all().is_empty());
-        assert_eq!(hub.room_count(), 0);
+    fn sorted(keys: &[usize]) -> Vec<usize> {
+        let mut v = keys.to_vec();
+        v.sort();
+        v
+    }
+
+    /// Checks the invariant: every slot a member records holds its key.
+    fn check(hub: &Hub) {
+        for (key, m) in hub.members.iter().enumerate() {
+            let Some(m) = m else { continue };
+            assert_eq!(hub.all[m.all_slot], key);
+            assert_eq!(hub.ids[&m.client_id][m.id_slot], key);
+            assert_eq!(hub.serials[&m.serial], key);
+            for (room, slot) in &m.rooms {
+                assert_eq!(hub.rooms[room][*slot], key, "room {room}");
+            }
+        }
+        let listed: usize = hub.rooms.values().map(Vec::len).sum();
+        let held: usize = hub.members.iter().flatten().map(|m| m.rooms.len()).sum();
+        assert_eq!(listed, held);
     }
 
     #[test]
-    fn rejoin_moves_a_client() {
+    fn register_join_leave_keep_lists_consistent() {
         let mut hub = Hub::new();
-        hub.join(5, "a", "x");
-        hub.join(5, "a", "y");
-        assert!(hub.room("x").is_empty());
-        assert_eq!(hub.room("y"), &[5]);
-        assert_eq!(hub.all(), &[5]);
+        hub.register(0, 10, "alice");
+        hub.register(1, 11, "bob");
+        hub.register(2, 12, "alice");
+        hub.register(3, 13, "carol");
+        for key in [0, 1, 3] {
+            assert!(hub.join(key, "r1"));
+        }
+        assert!(hub.join(2, "r2"));
+        assert!(hub.join(0, "r2"));
+        assert!(!hub.join(0, "r2"), "joining twice is a no-op");
+        check(&hub);
+        assert_eq!(hub.connections("alice"), &[0, 2]);
+        assert_eq!(hub.rooms_of(0).collect::<Vec<_>>(), ["r1", "r2"]);
+        assert_eq!(hub.audience(Audience::Connection(12)), &[2]);
+        hub.unregister(0);
+        check(&hub);
+        assert_eq!(sorted(hub.room("r1")), [1, 3]);
+        assert_eq!(hub.room("r2"), &[2]);
+        assert_eq!(hub.connections("alice"), &[2]);
+        assert!(hub.audience(Audience::Connection(10)).is_empty());
+        assert!(hub.leave(3, "r1"));
+        assert!(!hub.leave(3, "r1"));
+        check(&hub);
+        hub.unregister(1);
+        assert!(hub.room("r1").is_empty());
+        assert_eq!(hub.room_count(), 1);
+        // A connection in no room stays registered.
+        assert_eq!(sorted(hub.all()), [2, 3]);
+        hub.unregister(2);
+        hub.unregister(2);
+        hub.unregister(3);
+        assert!(hub.all().is_empty());
+        assert_eq!(hub.room_count(), 0);
+        check(&hub);
+    }
+
+    #[test]
+    fn many_rooms_many_members_stay_consistent() {
+        let mut hub = Hub::new();
+        for key in 0..40 {
+            hub.register(key, 100 + key as u64, &format!("u{}", key % 7));
+            for r in 0..5 {
+                hub.join(key, &format!("room{}", (key + r) % 9));
+            }
+        }
+        check(&hub);
+        for key in (0..40).step_by(3) {
+            hub.leave(key, &format!("room{}", (key + 2) % 9));
+        }
+        check(&hub);
+        for key in (0..40).step_by(2) {
+            hub.unregister(key);
+        }
+        check(&hub);
+        for room in 0..9 {
+            let name = format!("room{room}");
+            for &key in hub.room(&name) {
+                assert!(hub.rooms_of(key).any(|r| r == name));
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Accept with assignment: the client_id, room_id and metadata of the
 //! backend's `response` become the client's context, exactly, in
-//! `new_connection` and in every later event of that client.
+//! `new_connection` and in every later event of that client, beside the
+//! connection's id and its rooms (protocol v1.1).
 
 mod common;
 
@@ -19,8 +20,13 @@ fn assigned_context_reaches_every_event() {
         "/ws/anything",
         json!({"client_id": "user-42", "room_id": "lobby", "metadata": metadata}),
     );
-    let expected = json!({"client_id": "user-42", "room_id": "lobby", "metadata": metadata});
-    // Exactly the dict the backend sent: not the whole response wrapped in it.
+    let connection_id = client.context["connection_id"]
+        .as_str()
+        .expect("a connection_id string in the context")
+        .to_owned();
+    let expected = json!({"client_id": "user-42", "room_id": "lobby", "metadata": metadata,
+        "connection_id": connection_id, "rooms": ["lobby"]});
+    // Exactly what the backend sent: not the whole response wrapped in it.
     assert_eq!(client.context, expected, "new_connection context");
 
     send_text(&mut client.ws, "hello");

@@ -28,9 +28,15 @@ fn an_empty_answer_gets_uuid_path_and_empty_metadata() {
     let context = first.context.as_object().expect("context is an object");
     assert_eq!(
         context.len(),
-        3,
-        "context has exactly three fields: {context:?}"
+        5,
+        "context has the three v1 fields, connection_id and rooms: {context:?}"
     );
+    assert_eq!(
+        context["rooms"],
+        json!(["/ws/room1"]),
+        "rooms: the assigned room"
+    );
+    assert!(context["connection_id"].is_string(), "{context:?}");
     let id = context["client_id"]
         .as_str()
         .expect("client_id is a string");

@@ -19,12 +19,12 @@ fn closing_client_gives_disconnected_with_its_context() {
         "/ws/x",
         json!({"client_id": "carol", "room_id": "lobby", "metadata": {"k": "v"}}),
     );
+    assert_eq!(client.context["client_id"], "carol");
+    assert_eq!(client.context["metadata"], json!({"k": "v"}));
     client.ws.close(None).unwrap();
     let event = backend.expect("disconnected");
-    assert_eq!(
-        event["params"]["context"],
-        json!({"client_id": "carol", "room_id": "lobby", "metadata": {"k": "v"}})
-    );
+    // The same context new_connection carried (v1 fields, connection_id, rooms).
+    assert_eq!(event["params"]["context"], client.context);
     // Exactly one: the next event is someone else's.
     let mut other = join(&broker, &mut backend, "dave", "lobby");
     send_text(&mut other, "ping");

@@ -82,6 +82,8 @@ impl Server {
 
     /// Accepts every waiting backend; with `--backend-token` each must
     /// authenticate within `--connect-timeout` before it takes part.
+    /// Without one it takes part at once (as v1 backends expect), unless
+    /// its first line says it is a publisher.
     pub(super) fn accept_backends(&mut self) {
         while let Some((mut sock, peer)) = self.accept_next(Listener::Backend) {
             let serial = self.serial();
@@ -96,15 +98,25 @@ impl Server {
                 continue;
             }
             let authenticated = self.config.backend_token.is_none();
-            entry.insert(Backend::new(sock, serial, peer, authenticated));
+            let backend = entry.insert(Backend::new(sock, serial, peer, authenticated));
             if authenticated {
-                self.backend_joins(key);
+                // A publisher's first line is often here already: read it
+                // before the backend is given anything.
+                backend.ready.readable = true;
+                self.backend_read(key);
+                if self
+                    .backends
+                    .get(key)
+                    .is_some_and(|b| b.events && !b.closing)
+                {
+                    self.backend_joins(key);
+                }
             } else {
                 info!("backend {peer} connected; waiting for its auth line");
-                self.timers
-                    .auth
-                    .arm(Instant::now(), ConnRef { key, serial });
             }
+            self.timers
+                .auth
+                .arm(Instant::now(), ConnRef { key, serial });
         }
     }
 

@@ -10,7 +10,7 @@ use std::io::Write;
 use log::{info, warn};
 use subtle::ConstantTimeEq;
 
-use crate::backend::{self, Command, LineError};
+use crate::backend::{self, Command, Line, LineError};
 use crate::socket::{ReadOutcome, Signal, SocketResult};
 
 use super::client_io::READ_BUDGET;
@@ -129,15 +129,42 @@ impl Server {
     }
 
     /// One parsed line: the auth line of a backend that must present the
-    /// token, or a command.
-    fn backend_line(&mut self, key: usize, line: Result<Command<'_>, LineError<'_>>) {
-        let authenticated = self.backends.get(key).is_some_and(|b| b.authenticated);
-        if !authenticated {
-            return self.authenticate(key, line.ok());
+    /// token, a publisher's declaration, or a command.
+    fn backend_line(&mut self, key: usize, line: Result<Line<'_>, LineError<'_>>) {
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        let first = !b.spoke;
+        b.spoke = true;
+        let handed = std::mem::take(&mut b.handed);
+        if !b.authenticated {
+            return self.authenticate(key, line.ok().map(|l| l.command));
         }
         match line {
-            Ok(command) => self.apply(key, command),
-            Err(e) => self.reply_line_error(key, e.request_id, &e.message),
+            Ok(Line {
+                command: Command::Auth { events, .. },
+                request_id,
+                ..
+            }) => {
+                if first && !events {
+                    self.becomes_publisher(key, handed);
+                } else if !events {
+                    self.reply_line_error(
+                        key,
+                        request_id,
+                        "auth: params.events=false must be a backend's first line",
+                    );
+                }
+                // Otherwise: without a token, or once authenticated, an
+                // auth line is a no-op.
+            }
+            Ok(line) => self.apply(key, line),
+            Err(e) => match (e.action, e.request_id) {
+                (Some("response"), Some(request_id)) => {
+                    self.bad_answer(key, request_id, &e.message)
+                }
+                _ => self.reply_line_error(key, e.request_id, &e.message),
+            },
         }
     }
 
@@ -146,24 +173,48 @@ impl Server {
         let Some(token) = self.config.backend_token.as_deref() else {
             return;
         };
-        let presented = match command {
-            Some(Command::Auth { token }) => Some(token),
-            _ => None,
+        let (presented, events) = match command {
+            Some(Command::Auth { token, events }) => (token, events),
+            _ => (None, true),
         };
         let good = presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(token.as_bytes())));
         let Some(b) = self.backends.get_mut(key) else {
             return;
         };
-        if good {
-            b.authenticated = true;
-            self.backend_joins(key);
-            return;
+        if !good {
+            warn!(
+                "backend {} refused: its first line was not a valid auth line",
+                b.peer
+            );
+            return self.refuse_backend(key, "authentication failed");
         }
-        warn!(
-            "backend {} refused: its first line was not a valid auth line",
-            b.peer
-        );
-        self.refuse_backend(key, "authentication failed");
+        b.authenticated = true;
+        if events {
+            self.backend_joins(key);
+        } else {
+            b.events = false;
+            info!("backend {} connected as a publisher (send-only)", b.peer);
+        }
+    }
+
+    /// A backend without a token declared itself a publisher in its first
+    /// line: it leaves the routing, and what it was handed as a backend
+    /// that takes events goes on: the queued events to the next backend
+    /// (or back to the queue), the connection requests sent to it fail
+    /// with 503 (a race of a few microseconds at its connect).
+    fn becomes_publisher(&mut self, key: usize, handed: Vec<Vec<u8>>) {
+        let Some(b) = self.backends.get_mut(key) else {
+            return;
+        };
+        b.events = false;
+        let me = ConnRef {
+            key,
+            serial: b.serial,
+        };
+        info!("backend {} is a publisher (send-only)", b.peer);
+        self.routing.remove(key);
+        self.hand_on(handed);
+        self.fail_requests_of(me, "the backend that got the request is send-only");
     }
 
     /// Tells an unauthenticated backend why it is refused, then ends it.

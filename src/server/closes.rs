@@ -133,7 +133,7 @@ impl Server {
             }
         }
         if was_open {
-            self.hub.leave(key);
+            self.hub.unregister(key);
             self.route_client_event(key, backend::push_disconnected);
         }
     }
@@ -162,6 +162,11 @@ impl Server {
         let paused = std::mem::take(&mut b.paused);
         self.resume(paused);
         self.turn.dead_backends.push(key);
+        self.fail_requests_of(gone, "the backend handling the request disconnected");
+    }
+
+    /// Fails every connection request still waiting on backend `r`.
+    pub(super) fn fail_requests_of(&mut self, r: ConnRef, why: &'static str) {
         let orphans: Vec<usize> = self
             .pending
             .values()
@@ -169,12 +174,12 @@ impl Server {
             .filter(|&ckey| {
                 self.clients.get(ckey).is_some_and(|c| {
                     c.ending.is_none()
-                        && matches!(c.phase, Phase::Pending { backend, .. } if backend == gone)
+                        && matches!(c.phase, Phase::Pending { backend, .. } if backend == r)
                 })
             })
             .collect();
         for ckey in orphans {
-            self.fail_pending(ckey, "the backend handling the request disconnected");
+            self.fail_pending(ckey, why);
         }
     }
 

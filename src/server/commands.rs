@@ -1,65 +1,286 @@
 //! What a backend's commands do: one function per [`Command`], and the
-//! reply path back to the backend that sent it.
+//! reply path back to the backend that sent it (acks, presence, errors).
 //!
-//! Messages resolve their audience through the [`Hub`](crate::hub::Hub)
-//! and are encoded once: every member's queue gets the same shared frame.
+//! Targets and audiences resolve through the [`Hub`](crate::hub::Hub);
+//! only connections that are open (accepted, not ending) are acted on and
+//! counted. A message is encoded once: every member's queue gets the same
+//! shared frame.
 
+use std::borrow::Cow;
+
+use ahash::AHashMap;
 use log::warn;
+use simd_json::value::tape::Value;
 
-use crate::backend::{self, Command, Payload};
+use crate::backend::{self, Command, Line, Payload, Target};
 use crate::hub::Audience;
+use crate::json::push_str;
 use crate::ws::encode;
 
+use super::conn::Ending;
 use super::{mark_dirty, Server};
 
 impl Server {
-    /// Carries out one command from backend `from`.
-    pub(super) fn apply(&mut self, from: usize, command: Command<'_>) {
-        match command {
-            // Without a token, or once authenticated, an auth line is a no-op.
-            Command::Auth { .. } => {}
-            Command::Response(response) => self.answer_request(from, response),
-            Command::Broadcast { message } => self.broadcast(&message),
-            Command::MessageToRoom { room_id, message } => self.message_to_room(&room_id, &message),
-            Command::MessageToConnection { conn_id, message } => {
-                self.message_to_connection(&conn_id, &message)
+    /// Carries out one line from backend `from` (the auth gate is behind
+    /// it), answering with an `ack` when the line asked for one.
+    pub(super) fn apply(&mut self, from: usize, line: Line<'_>) {
+        let Line {
+            request_id,
+            ack,
+            command,
+        } = line;
+        let reached = match command {
+            // Handled at the auth gate (backend_io.rs).
+            Command::Auth { .. } => return,
+            Command::Response(response) => return self.answer_request(from, response),
+            Command::Presence { room_id } => return self.presence(from, request_id, &room_id),
+            Command::PresenceStats { room_id } => {
+                return self.presence_stats(from, request_id, &room_id)
             }
+            Command::Broadcast { message } => self.fan_out(Audience::All, &message, &[]),
+            Command::MessageToRoom {
+                room_id,
+                message,
+                exclude,
+            } => self.message_to_room(&room_id, &message, &exclude),
+            Command::MessageToConnection { target, message } => {
+                let audience = self.audience(&target);
+                audience.map_or(0, |a| self.fan_out(a, &message, &[]))
+            }
+            Command::JoinRoom { target, room_id } => self.join_room(&target, &room_id),
+            Command::LeaveRoom { target, room_id } => self.leave_room(&target, &room_id),
+            Command::Disconnect {
+                target,
+                code,
+                reason,
+            } => self.disconnect(&target, code, reason),
+            Command::SetMetadata { target, metadata } => self.set_metadata(&target, metadata),
+        };
+        if ack {
+            self.reply(from, |out| {
+                backend::push_reply(out, "ack", request_id, |out| {
+                    out.extend_from_slice(b"\"connections\":");
+                    out.extend_from_slice(reached.to_string().as_bytes());
+                })
+            });
         }
     }
 
-    /// `broadcast`: every open client.
-    fn broadcast(&mut self, message: &Payload<'_>) {
-        self.fan_out(Audience::All, message);
+    /// The audience a target names (`None`: a connection id that is not
+    /// one of this broker's, so nobody here).
+    fn audience<'t>(&self, target: &'t Target<'_>) -> Option<Audience<'t>> {
+        match target {
+            Target::ClientId(id) => Some(Audience::ClientId(id)),
+            Target::Connection(id) => self.ids.serial(id).map(Audience::Connection),
+        }
     }
 
-    /// `message_to_room`: every member of the room.
-    fn message_to_room(&mut self, room_id: &str, message: &Payload<'_>) {
-        self.fan_out(Audience::Room(room_id), message);
+    /// The open connections a target names, into `self.targets` (a list
+    /// kept for its allocation).
+    fn resolve(&mut self, target: &Target<'_>) -> Vec<usize> {
+        let mut keys = std::mem::take(&mut self.targets);
+        keys.clear();
+        if let Some(audience) = self.audience(target) {
+            let clients = &self.clients;
+            keys.extend(
+                self.hub
+                    .audience(audience)
+                    .iter()
+                    .copied()
+                    .filter(|&k| clients.get(k).is_some_and(|c| c.is_open())),
+            );
+        }
+        keys
     }
 
-    /// `message_to_connection`: every connection of a client id (all tabs).
-    fn message_to_connection(&mut self, client_id: &str, message: &Payload<'_>) {
-        self.fan_out(Audience::ClientId(client_id), message);
+    /// `message_to_room`: every member of the room but the excluded
+    /// connections.
+    fn message_to_room(
+        &mut self,
+        room_id: &str,
+        message: &Payload<'_>,
+        exclude: &[Cow<'_, str>],
+    ) -> usize {
+        if exclude.is_empty() {
+            return self.fan_out(Audience::Room(room_id), message, &[]);
+        }
+        let skip: Vec<usize> = exclude
+            .iter()
+            .filter_map(|id| self.ids.serial(id))
+            .flat_map(|serial| self.hub.audience(Audience::Connection(serial)))
+            .copied()
+            .collect();
+        self.fan_out(Audience::Room(room_id), message, &skip)
     }
 
-    /// Encodes `message` once and queues that one buffer on every client
-    /// of the audience that takes messages.
-    fn fan_out(&mut self, audience: Audience<'_>, message: &Payload<'_>) {
+    /// Encodes `message` once and queues that one buffer on every open
+    /// connection of the audience but those in `skip`; returns how many
+    /// got it.
+    fn fan_out(&mut self, audience: Audience<'_>, message: &Payload<'_>, skip: &[usize]) -> usize {
         let members = self.hub.audience(audience);
         if members.is_empty() {
-            return;
+            return 0;
         }
         let frame = encode::message(message.as_bytes(), message.is_binary());
+        let mut reached = 0;
         for &key in members {
             let Some(c) = self.clients.get_mut(key) else {
                 continue;
             };
-            if c.ending.is_some() {
+            if c.ending.is_some() || (!skip.is_empty() && skip.contains(&key)) {
                 continue;
             }
             c.outq.push(frame.clone());
             mark_dirty(&mut c.dirty, &mut self.turn.dirty_clients, key);
+            reached += 1;
         }
+        reached
+    }
+
+    /// `join_room`: the target's open connections join; joining twice is a
+    /// no-op. Returns how many connections the target has open.
+    fn join_room(&mut self, target: &Target<'_>, room_id: &str) -> usize {
+        let keys = self.resolve(target);
+        for &key in &keys {
+            if self.hub.join(key, room_id) {
+                self.rooms_changed(key);
+            }
+        }
+        self.done_with(keys)
+    }
+
+    /// `leave_room`: the target's open connections leave the room (the
+    /// room assigned at accept included); a connection in no room stays
+    /// open.
+    fn leave_room(&mut self, target: &Target<'_>, room_id: &str) -> usize {
+        let keys = self.resolve(target);
+        for &key in &keys {
+            if self.hub.leave(key, room_id) {
+                self.rooms_changed(key);
+            }
+        }
+        self.done_with(keys)
+    }
+
+    /// Later events of connection `key` carry its rooms as they are now.
+    fn rooms_changed(&mut self, key: usize) {
+        if let Some(context) = self.clients.get_mut(key).and_then(|c| c.context.as_mut()) {
+            context.set_rooms(self.hub.rooms_of(key));
+        }
+    }
+
+    /// `disconnect`: each open connection of the target gets the close
+    /// frame (then the usual `disconnected` event goes to its backend).
+    fn disconnect(&mut self, target: &Target<'_>, code: u16, reason: Cow<'_, str>) -> usize {
+        let keys = self.resolve(target);
+        let reason: Cow<'static, str> = reason.into_owned().into();
+        for &key in &keys {
+            self.end_client(
+                key,
+                Ending::Close {
+                    code,
+                    reason: reason.clone(),
+                    await_peer: true,
+                },
+            );
+        }
+        self.done_with(keys)
+    }
+
+    /// `set_metadata`: later events of the target's open connections carry
+    /// the new metadata.
+    fn set_metadata(&mut self, target: &Target<'_>, metadata: Value<'_, '_>) -> usize {
+        let keys = self.resolve(target);
+        for &key in &keys {
+            if let Some(context) = self.clients.get_mut(key).and_then(|c| c.context.as_mut()) {
+                context.set_metadata(metadata);
+            }
+        }
+        self.done_with(keys)
+    }
+
+    /// Gives the target list back for reuse; returns its length.
+    fn done_with(&mut self, keys: Vec<usize>) -> usize {
+        let n = keys.len();
+        self.targets = keys;
+        n
+    }
+
+    /// `presence`: who is in a room, one entry per client id (in the order
+    /// their first connection is listed), with the metadata of that first
+    /// connection and every connection id of the client in the room.
+    fn presence(&mut self, from: usize, request_id: Option<&str>, room_id: &str) {
+        let mut order: Vec<(&str, &[u8], Vec<u64>)> = Vec::new();
+        let mut index: AHashMap<&str, usize> = AHashMap::new();
+        for &key in self.hub.room(room_id) {
+            let Some(c) = self.clients.get(key).filter(|c| c.is_open()) else {
+                continue;
+            };
+            let (Some(client_id), Some(context)) = (self.hub.client_id(key), c.context.as_ref())
+            else {
+                continue;
+            };
+            let i = *index.entry(client_id).or_insert_with(|| {
+                order.push((client_id, context.metadata(), Vec::new()));
+                order.len() - 1
+            });
+            order[i].2.push(c.serial);
+        }
+        let Some(b) = self.backends.get_mut(from).filter(|b| !b.closing) else {
+            return;
+        };
+        let ids = &self.ids;
+        backend::push_reply(&mut b.out, "presence", request_id, |out| {
+            out.extend_from_slice(b"\"room_id\":");
+            push_str(out, room_id);
+            out.extend_from_slice(b",\"clients\":[");
+            for (i, (client_id, metadata, serials)) in order.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"client_id\":");
+                push_str(out, client_id);
+                out.extend_from_slice(b",\"metadata\":");
+                out.extend_from_slice(metadata);
+                out.extend_from_slice(b",\"connections\":[");
+                for (j, serial) in serials.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b',');
+                    }
+                    push_str(out, &ids.connection_id(*serial));
+                }
+                out.extend_from_slice(b"]}");
+            }
+            out.push(b']');
+        });
+        mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, from);
+    }
+
+    /// `presence_stats`: how many distinct client ids and connections are
+    /// in a room.
+    fn presence_stats(&mut self, from: usize, request_id: Option<&str>, room_id: &str) {
+        let mut clients: ahash::AHashSet<&str> = ahash::AHashSet::new();
+        let mut connections = 0usize;
+        for &key in self.hub.room(room_id) {
+            if self.clients.get(key).is_some_and(|c| c.is_open()) {
+                connections += 1;
+                if let Some(id) = self.hub.client_id(key) {
+                    clients.insert(id);
+                }
+            }
+        }
+        let clients = clients.len();
+        let Some(b) = self.backends.get_mut(from).filter(|b| !b.closing) else {
+            return;
+        };
+        backend::push_reply(&mut b.out, "presence_stats", request_id, |out| {
+            out.extend_from_slice(b"\"room_id\":");
+            push_str(out, room_id);
+            out.extend_from_slice(
+                format!(",\"clients\":{clients},\"connections\":{connections}").as_bytes(),
+            );
+        });
+        mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, from);
     }
 
     /// Appends a reply line for backend `key`, written by `write`.

@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 
 use mio::net::TcpStream;
 
+use crate::backend::Context;
 use crate::outq::OutQueue;
 use crate::socket::Readiness;
 use crate::ws::frame::FrameReader;
@@ -22,6 +23,39 @@ pub(super) struct ConnRef {
     pub serial: u64,
 }
 
+/// Connection ids: `<prefix>-<serial>`, where the prefix is drawn at
+/// random when the broker starts, so ids are unique for the broker's
+/// lifetime and, with high probability, across brokers.
+#[derive(Debug)]
+pub(super) struct ConnectionIds {
+    prefix: Box<str>,
+}
+
+impl ConnectionIds {
+    /// Ids with a fresh random prefix.
+    pub fn new() -> ConnectionIds {
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        ConnectionIds {
+            prefix: random[..8].into(),
+        }
+    }
+
+    /// The id of the connection with broker serial `serial`.
+    pub fn connection_id(&self, serial: u64) -> String {
+        format!("{}-{serial}", self.prefix)
+    }
+
+    /// The serial an id of this broker names (`None` for a malformed id or
+    /// one of another broker).
+    pub fn serial(&self, id: &str) -> Option<u64> {
+        let (prefix, serial) = id.split_once('-')?;
+        if prefix != &*self.prefix || serial.starts_with('+') {
+            return None;
+        }
+        serial.parse().ok()
+    }
+}
+
 /// How a client connection stands.
 #[derive(Debug)]
 pub(super) enum Phase {
@@ -31,6 +65,10 @@ pub(super) enum Phase {
     Pending {
         url: Box<str>,
         accept_key: Box<str>,
+        /// The subprotocols the client offered (`Sec-WebSocket-Protocol`,
+        /// comma-separated; empty when none).
+        protocols: Box<str>,
+        /// The backend the request was sent to: the only one that may answer.
         backend: ConnRef,
     },
     /// Upgraded and registered in the hub.
@@ -39,12 +77,6 @@ pub(super) enum Phase {
     /// (and, when `await_peer`, once the client's close frame or EOF comes),
     /// or when the close timeout passes.
     Closing { await_peer: bool },
-}
-
-/// What a client's events carry: its identity, serialised once.
-#[derive(Debug)]
-pub(super) struct ClientContext {
-    pub json: Box<[u8]>,
 }
 
 /// How a client connection ends. I/O paths, timers and commands record an
@@ -106,8 +138,8 @@ pub(super) struct Client {
     pub ready: Readiness,
     /// Listed in the turn's dirty clients.
     pub dirty: bool,
-    /// Set once the client is accepted.
-    pub context: Option<ClientContext>,
+    /// What its events carry; set once the client is accepted.
+    pub context: Option<Context>,
     /// The backend that gets this client's events while it lives.
     pub backend: Option<ConnRef>,
     /// Reading stopped until the backend's buffer drains.
@@ -168,8 +200,19 @@ pub(super) struct Backend {
     /// `--max-backend-buffer`; resumed when it drains to half of that.
     pub paused: Vec<ConnRef>,
     /// Presented the backend token (always true without one); only then
-    /// does it take part in routing.
+    /// does it take part.
     pub authenticated: bool,
+    /// Takes connection requests and client events (false: a publisher,
+    /// which only sends and gets replies).
+    pub events: bool,
+    /// Whether a line from it was carried out yet: only its first line may
+    /// declare it a publisher.
+    pub spoke: bool,
+    /// Without a backend token a backend takes events from its accept on,
+    /// before its first line can say it is a publisher: the events that
+    /// waited for a backend and were handed to it are kept here until that
+    /// line (or `--connect-timeout`), to be handed on if it is one.
+    pub handed: Vec<Vec<u8>>,
 }
 
 impl Backend {
@@ -187,6 +230,9 @@ impl Backend {
             closing: false,
             paused: Vec::new(),
             authenticated,
+            events: true,
+            spoke: false,
+            handed: Vec::new(),
         }
     }
 
@@ -195,8 +241,36 @@ impl Backend {
         self.out.len() - self.out_pos
     }
 
-    /// Whether `r` names this backend and it still takes events.
+    /// Whether `r` names this backend and it is not closing.
     pub fn is(&self, r: ConnRef) -> bool {
         self.serial == r.serial && !self.closing
+    }
+
+    /// Whether `r` names this backend and it takes client events.
+    pub fn takes_events(&self, r: ConnRef) -> bool {
+        self.is(r) && self.events && self.authenticated
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_round_trip_and_stay_local() {
+        let ids = ConnectionIds::new();
+        let id = ids.connection_id(42);
+        assert_eq!(ids.serial(&id), Some(42));
+        let other = ConnectionIds::new();
+        assert_eq!(other.serial(&id), None);
+        for bad in [
+            "",
+            "42",
+            "-42",
+            &format!("{}-", ids.prefix),
+            &format!("{}-+4", ids.prefix),
+        ] {
+            assert_eq!(ids.serial(bad), None, "{bad}");
+        }
     }
 }

@@ -63,7 +63,7 @@ use crate::outq::Shared;
 use crate::socket::Signal;
 use crate::ws::encode;
 
-use conn::{Backend, Client};
+use conn::{Backend, Client, ConnectionIds};
 use routing::Routing;
 use timers::Timers;
 
@@ -191,6 +191,8 @@ pub struct Server {
     hub: Hub,
     /// Connection requests waiting for an answer, by request serial.
     pending: AHashMap<u64, usize>,
+    /// How connection ids are made and read.
+    ids: ConnectionIds,
     routing: Routing,
     timers: Timers,
     turn: Turn,
@@ -200,6 +202,8 @@ pub struct Server {
     accept_failing: bool,
     next_serial: u64,
     scratch: Vec<u8>,
+    /// The connections a command targets (kept for its allocation).
+    targets: Vec<usize>,
     line_parser: LineParser,
     /// The ping frame every client gets, encoded once.
     ping_frame: Shared,
@@ -273,10 +277,12 @@ impl Server {
             backends: Slab::new(),
             hub: Hub::new(),
             pending: AHashMap::new(),
+            ids: ConnectionIds::new(),
             routing: Routing::default(),
             turn: Turn::default(),
             next_serial: 1,
             scratch: vec![0; READ_CHUNK],
+            targets: Vec::new(),
             line_parser: LineParser::new(),
             ping_frame: encode::ping(b""),
             stats: Stats::default(),

@@ -26,11 +26,6 @@ pub(super) struct Routing {
 }
 
 impl Routing {
-    /// The backends that take events.
-    pub fn live(&self) -> &[usize] {
-        &self.live
-    }
-
     /// The next backend in round-robin order.
     pub fn pick(&mut self) -> Option<usize> {
         if self.live.is_empty() {
@@ -67,8 +62,14 @@ impl Server {
         };
         let routing = &mut self.routing;
         let flushed = routing.queue.len();
+        // Until its first line, a backend without a token may still turn
+        // out to be a publisher: keep what it is handed, to hand it on.
+        let keep = self.config.backend_token.is_none() && !b.spoke;
         for line in routing.queue.drain(..) {
             b.out.extend_from_slice(&line);
+            if keep {
+                b.handed.push(line);
+            }
         }
         routing.queue = VecDeque::new();
         if routing.drops_unreported > 0 {
@@ -88,6 +89,29 @@ impl Server {
         );
     }
 
+    /// Events a backend was handed but will not handle go to the next
+    /// backend that takes events, or back to the front of the queue.
+    pub(super) fn hand_on(&mut self, lines: Vec<Vec<u8>>) {
+        if lines.is_empty() {
+            return;
+        }
+        match self.pick_backend() {
+            Some(r) => {
+                if let Some(b) = self.backends.get_mut(r.key) {
+                    for line in &lines {
+                        b.out.extend_from_slice(line);
+                    }
+                    mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
+                }
+            }
+            None => {
+                for line in lines.into_iter().rev() {
+                    self.routing.queue.push_front(line);
+                }
+            }
+        }
+    }
+
     /// Appends one event of client `key` (built by `write` from the
     /// client's context) to its backend, choosing one if it has none or
     /// its backend is gone; with no backend connected, to the queue.
@@ -104,7 +128,7 @@ impl Server {
         }
         let current = c
             .backend
-            .filter(|r| self.backends.get(r.key).is_some_and(|b| b.is(*r)));
+            .filter(|r| self.backends.get(r.key).is_some_and(|b| b.takes_events(*r)));
         let target = match current {
             Some(r) => Some(r),
             None => self.pick_backend(),
@@ -119,7 +143,7 @@ impl Server {
             Some(r) => {
                 c.backend = Some(r);
                 if let Some(b) = self.backends.get_mut(r.key) {
-                    write(&mut b.out, &context.json);
+                    write(&mut b.out, context.json());
                     mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
                 }
             }
@@ -130,7 +154,7 @@ impl Server {
                     return;
                 }
                 let mut line = Vec::with_capacity(128);
-                write(&mut line, &context.json);
+                write(&mut line, context.json());
                 if self.routing.queue.len() >= self.config.queue_size {
                     self.routing.queue.pop_front();
                     self.event_dropped("event queue full (see --queue-size), oldest event dropped");

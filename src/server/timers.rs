@@ -176,17 +176,20 @@ impl Server {
             }
         }
         while let Some(r) = self.timers.auth.pop_due(now) {
-            let waiting = self
-                .backends
-                .get(r.key)
-                .filter(|b| b.serial == r.serial && !b.authenticated && !b.closing);
-            if let Some(b) = waiting {
-                warn!(
-                    "backend {} refused: no auth line within --connect-timeout",
-                    b.peer
-                );
-                self.refuse_backend(r.key, "no auth line within --connect-timeout");
+            let Some(b) = self.backends.get_mut(r.key).filter(|b| b.is(r)) else {
+                continue;
+            };
+            if b.authenticated {
+                // No first line saying "publisher" came: what it was
+                // handed is its own.
+                b.handed = Vec::new();
+                continue;
             }
+            warn!(
+                "backend {} refused: no auth line within --connect-timeout",
+                b.peer
+            );
+            self.refuse_backend(r.key, "no auth line within --connect-timeout");
         }
         if now >= self.timers.next_ping_sweep {
             self.timers.next_ping_sweep = now + self.timers.ping_step;
@@ -225,8 +228,10 @@ impl Server {
         }
         if now >= self.timers.next_heartbeat {
             self.timers.next_heartbeat = now + self.timers.heartbeat_interval;
-            for &key in self.routing.live() {
-                if let Some(b) = self.backends.get_mut(key) {
+            // Publishers too: a heartbeat is how a backend notices a
+            // broker that stopped answering.
+            for (key, b) in self.backends.iter_mut() {
+                if b.authenticated && !b.closing {
                     backend::push_heartbeat(&mut b.out);
                     mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, key);
                 }

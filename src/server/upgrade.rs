@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use log::debug;
 
-use crate::backend::{self, Response};
+use crate::backend::{self, Context, RequestInfo, Response};
 use crate::ws::handshake;
 
-use super::conn::{ClientContext, ConnRef, Ending, Phase};
+use super::conn::{ConnRef, Ending, Phase};
 use super::timers::Wait;
 use super::{mark_dirty, Server};
 
@@ -105,17 +105,23 @@ impl Server {
             return;
         };
         let serial = c.serial;
+        let connection_id = self.ids.connection_id(serial);
         backend::push_connection_request(
             &mut b.out,
             &serial.to_string(),
-            &request.headers_json,
-            &request.url,
-            &c.peer.to_string(),
+            RequestInfo {
+                headers_json: &request.headers_json,
+                url: &request.url,
+                query: &request.query,
+                remote_addr: &c.peer.to_string(),
+                connection_id: &connection_id,
+            },
         );
         mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, backend.key);
         c.phase = Phase::Pending {
             url: request.url.into_boxed_str(),
             accept_key: request.accept_key.into_boxed_str(),
+            protocols: request.protocols.into_boxed_str(),
             backend,
         };
         c.backend = Some(backend);
@@ -125,44 +131,92 @@ impl Server {
             .arm(Instant::now(), (ConnRef { key, serial }, Wait::Answer));
     }
 
-    /// A backend's `response`: the parked client is upgraded and joins the
-    /// hub, or gets 403. An answer to a request that is unknown, expired or
-    /// whose client is ending is ignored.
-    pub(super) fn answer_request(&mut self, backend_key: usize, answer: Response<'_>) {
-        let serial = answer.request_id.parse::<u64>().ok();
+    /// The parked client a backend's answer names, if that backend may
+    /// answer it now: the request is known, still waiting, its client is
+    /// not ending, and it was sent to this backend. Otherwise the reason
+    /// (for the backend's `error` line), or `None` for an answer that came
+    /// too late to matter (logged at debug).
+    fn answerable(&self, backend_key: usize, request_id: &str) -> Result<usize, Option<String>> {
+        let serial = request_id.parse::<u64>().ok();
         let Some(ckey) = serial.and_then(|s| self.pending.get(&s).copied()) else {
-            debug!(
-                "response for unknown or expired request {}",
-                answer.request_id
-            );
-            return;
+            debug!("response for unknown or expired request {request_id}");
+            return Err(None);
         };
-        let Some(c) = self
-            .clients
-            .get_mut(ckey)
-            .filter(|c| c.ending.is_none() && matches!(c.phase, Phase::Pending { .. }))
-        else {
+        let Some(c) = self.clients.get(ckey).filter(|c| c.ending.is_none()) else {
+            return Err(None);
+        };
+        match c.phase {
+            Phase::Pending { backend, .. } if backend.key == backend_key => {
+                let b = self.backends.get(backend_key);
+                if b.is_some_and(|b| b.serial == backend.serial) {
+                    Ok(ckey)
+                } else {
+                    Err(Some(format!(
+                        "response: request {request_id} was not sent to this backend"
+                    )))
+                }
+            }
+            Phase::Pending { .. } => Err(Some(format!(
+                "response: request {request_id} was not sent to this backend"
+            ))),
+            _ => Err(None),
+        }
+    }
+
+    /// A backend's `response`: the parked client is upgraded and joins the
+    /// hub in `room_id` and then `rooms`, or is refused (403, or the status
+    /// and body the backend chose).
+    pub(super) fn answer_request(&mut self, backend_key: usize, answer: Response<'_>) {
+        let ckey = match self.answerable(backend_key, &answer.request_id) {
+            Ok(ckey) => ckey,
+            Err(None) => return,
+            Err(Some(why)) => {
+                let request_id = answer.request_id.clone();
+                return self.reply_line_error(backend_key, Some(&request_id), &why);
+            }
+        };
+        let Some(c) = self.clients.get_mut(ckey) else {
             return;
         };
         self.pending.remove(&c.serial);
         if !answer.accepted {
             self.stats.rejected += 1;
+            let status = answer.status.unwrap_or(403);
+            let reason = match answer.reason {
+                Some(reason) => reason.into_owned().into(),
+                None => "connection rejected by the application".into(),
+            };
             self.end_client(
                 ckey,
                 Ending::Http {
-                    status: 403,
-                    text: "Forbidden",
-                    reason: "connection rejected by the application".into(),
+                    status,
+                    text: handshake::reason_phrase(status),
+                    reason,
                 },
             );
             return;
         }
         let Phase::Pending {
-            url, accept_key, ..
+            url,
+            accept_key,
+            protocols,
+            ..
         } = std::mem::replace(&mut c.phase, Phase::Open)
         else {
-            unreachable!("checked above");
+            unreachable!("answerable checked the phase");
         };
+        if let Some(protocol) = answer
+            .subprotocol
+            .as_deref()
+            .filter(|p| !handshake::offers_protocol(&protocols, p))
+        {
+            let why = format!(
+                "response: params.subprotocol '{protocol}' was not offered by the client (offered: '{protocols}')"
+            );
+            c.phase = Phase::Closing { await_peer: false };
+            self.fail_answer(ckey, backend_key, &answer.request_id, &why);
+            return;
+        }
         let client_id = answer
             .client_id
             .map(Cow::into_owned)
@@ -170,10 +224,27 @@ impl Server {
         let room_id = answer
             .room_id
             .map_or_else(|| url.to_string(), Cow::into_owned);
-        let json = backend::context_json(&client_id, &room_id, answer.metadata);
-        c.outq
-            .push(Rc::from(handshake::switching_protocols(&accept_key)));
-        c.context = Some(ClientContext { json });
+        let serial = c.serial;
+        self.hub.register(ckey, serial, &client_id);
+        for room in std::iter::once(room_id.as_str()).chain(answer.rooms.iter().map(|r| &**r)) {
+            self.hub.join(ckey, room);
+        }
+        let connection_id = self.ids.connection_id(serial);
+        let context = Context::new(
+            &client_id,
+            &room_id,
+            answer.metadata,
+            &connection_id,
+            self.hub.rooms_of(ckey),
+        );
+        let Some(c) = self.clients.get_mut(ckey) else {
+            return;
+        };
+        c.outq.push(Rc::from(handshake::switching_protocols(
+            &accept_key,
+            answer.subprotocol.as_deref(),
+        )));
+        c.context = Some(context);
         c.backend = self.backends.get(backend_key).map(|b| ConnRef {
             key: backend_key,
             serial: b.serial,
@@ -181,11 +252,41 @@ impl Server {
         self.stats.accepted += 1;
         debug!("client {} accepted as {client_id} in {room_id}", c.peer);
         mark_dirty(&mut c.dirty, &mut self.turn.dirty_clients, ckey);
-        self.hub.join(ckey, &client_id, &room_id);
         self.route_client_event(ckey, backend::push_new_connection);
         // Frames the client sent right behind its request.
         self.consume_client_inbuf(ckey);
         self.turn.read_again.push(ckey);
+    }
+
+    /// A backend answered a request with something that cannot be used:
+    /// HTTP 500 for the client and an `error` line for the backend.
+    fn fail_answer(&mut self, ckey: usize, backend_key: usize, request_id: &str, why: &str) {
+        self.stats.unavailable += 1;
+        self.end_client(
+            ckey,
+            Ending::Http {
+                status: 500,
+                text: "Internal Server Error",
+                reason: "the application's answer to the connection request could not be used"
+                    .into(),
+            },
+        );
+        self.reply_line_error(backend_key, Some(request_id), why);
+    }
+
+    /// A `response` line that could not be decoded: when it names a request
+    /// this backend may answer, that client gets HTTP 500 at once rather
+    /// than waiting for `--connect-timeout`.
+    pub(super) fn bad_answer(&mut self, backend_key: usize, request_id: &str, why: &str) {
+        match self.answerable(backend_key, request_id) {
+            Ok(ckey) => {
+                if let Some(c) = self.clients.get(ckey) {
+                    self.pending.remove(&c.serial);
+                }
+                self.fail_answer(ckey, backend_key, request_id, why);
+            }
+            Err(_) => self.reply_line_error(backend_key, Some(request_id), why),
+        }
     }
 
     /// A connection request that will get no answer: 503 to the client and
@@ -197,7 +298,7 @@ impl Server {
         let Phase::Pending { url, .. } = &c.phase else {
             return;
         };
-        let context = backend::context_json("", url, None);
+        let context = Context::new("", url, None, &self.ids.connection_id(c.serial), []);
         let peer = c.peer;
         self.stats.unavailable += 1;
         debug!("connection request from {peer} failed: {why}");
@@ -206,7 +307,7 @@ impl Server {
             if let Some(b) = self.backends.get_mut(r.key) {
                 backend::push_client_error(
                     &mut b.out,
-                    &context,
+                    context.json(),
                     &format!("connection request from {peer} failed: {why}"),
                 );
                 mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, r.key);

@@ -21,6 +21,11 @@ pub struct UpgradeRequest {
     /// Request path without query string, percent-decoded when that gives
     /// UTF-8 (as the original broker reported it).
     pub url: String,
+    /// The raw query string, without `?` (empty when absent).
+    pub query: String,
+    /// The subprotocols offered in `Sec-WebSocket-Protocol`, comma-separated
+    /// as sent (several header lines joined with `,`; empty when none).
+    pub protocols: String,
     /// `{"Name":["value",...],...}` in request order.
     pub headers_json: Vec<u8>,
     /// The `Origin` header, if any.
@@ -112,15 +117,21 @@ pub fn parse(
     if !header("sec-websocket-version").any(|v| v.trim() == "13") {
         return Err(HandshakeError::BadVersion);
     }
-    let path = req.path.unwrap_or("/");
-    let path = path.split(['?', '#']).next().unwrap_or(path);
+    let target = req.path.unwrap_or("/");
+    let target = target.split('#').next().unwrap_or(target);
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let url = percent_encoding::percent_decode_str(path)
         .decode_utf8()
         .map_or_else(|_| path.to_owned(), |p| p.into_owned());
     let origin = header("origin").next().map(|o| o.into_owned());
+    let protocols = header("sec-websocket-protocol")
+        .collect::<Vec<_>>()
+        .join(",");
     let request = UpgradeRequest {
         accept_key: derive_accept_key(key.as_bytes()),
         url,
+        query: query.to_owned(),
+        protocols,
         headers_json: headers_json(all_headers),
         origin,
     };
@@ -192,13 +203,31 @@ pub fn canonical_header_name(name: &str) -> String {
         .collect()
 }
 
-/// `101 Switching Protocols` for an accepted upgrade.
-pub fn switching_protocols(accept_key: &str) -> Vec<u8> {
-    format!(
+/// Whether `protocol` is one of the comma-separated `offered` subprotocols.
+pub fn offers_protocol(offered: &str, protocol: &str) -> bool {
+    offered.split(',').any(|p| p.trim() == protocol)
+}
+
+/// `101 Switching Protocols` for an accepted upgrade, with the selected
+/// subprotocol if any.
+pub fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> Vec<u8> {
+    let mut out = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
-    )
-    .into_bytes()
+         Sec-WebSocket-Accept: {accept_key}\r\n"
+    );
+    if let Some(protocol) = protocol {
+        let _ = write!(out, "Sec-WebSocket-Protocol: {protocol}\r\n");
+    }
+    out.push_str("\r\n");
+    out.into_bytes()
+}
+
+/// The standard reason phrase of an HTTP status ("Unknown" for none).
+pub fn reason_phrase(status: u16) -> &'static str {
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
 }
 
 /// A complete HTTP reply that closes the connection, `reason` as plain text body.
@@ -227,10 +256,32 @@ mod tests {
         assert_eq!(&GOOD[n..], "rest");
         assert_eq!(req.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(req.url, "/ws/room 1");
+        assert_eq!(req.query, "token=x");
+        assert_eq!(req.protocols, "");
         let headers: serde_json::Value = serde_json::from_slice(&req.headers_json).unwrap();
         assert_eq!(headers["X-Tag"], serde_json::json!(["a", "b"]));
         assert_eq!(headers["Sec-Websocket-Key"][0], "dGhlIHNhbXBsZSBub25jZQ==");
         assert_eq!(headers["Upgrade"][0], "WebSocket");
+    }
+
+    #[test]
+    fn query_and_subprotocols_are_kept_raw() {
+        let req = GOOD.replace("?token=x", "?t=a%20b&x=1&x=2#frag").replace(
+            "X-Tag: a",
+            "Sec-WebSocket-Protocol: chat, v2.chat\r\nsec-websocket-protocol: json",
+        );
+        let (req, _) = parse(req.as_bytes(), 64).unwrap().unwrap();
+        assert_eq!(req.query, "t=a%20b&x=1&x=2");
+        assert_eq!(req.url, "/ws/room 1");
+        assert!(offers_protocol(&req.protocols, "v2.chat"));
+        assert!(offers_protocol(&req.protocols, "json"));
+        assert!(!offers_protocol(&req.protocols, "chat, v2.chat"));
+        let plain = GOOD.replace("?token=x", "");
+        assert_eq!(parse(plain.as_bytes(), 64).unwrap().unwrap().0.query, "");
+        let reply = String::from_utf8(switching_protocols("k", Some("json"))).unwrap();
+        assert!(reply.contains("\r\nSec-WebSocket-Protocol: json\r\n\r\n"));
+        assert_eq!(reason_phrase(401), "Unauthorized");
+        assert_eq!(reason_phrase(499), "Unknown");
     }
 
     #[test]
