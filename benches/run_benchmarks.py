@@ -9,8 +9,9 @@ generator's limit server, and writes benches/results/results.json.
     python3 benches/run_benchmarks.py --list          # the scenarios and their commands
     python3 benches/run_benchmarks.py --table         # results.json as a Markdown table
 
-The load generator is built once (`cargo bench --bench loadgen --no-run`);
-the loadgen and pystrands-server binaries are then copied to a temporary
+The load generator and the broker are built once (`cargo build --release
+--workspace`: target/release/loadgen, from tools/loadgen, and
+target/release/pystrands-server); both binaries are then copied to a temporary
 directory, so a rebuild by someone else during the runs cannot change what
 is measured. Every scenario runs `--runs` times against the broker and
 `--runs` times in `--limit` mode, alternating (broker, limit, limit,
@@ -44,6 +45,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(ROOT, "benches", "results")
+# The sources of what is measured (the broker and the load generator): a
+# working-tree build with uncommitted changes there is flagged.
+MEASURED = ["src", "tools/loadgen", "Cargo.toml", "Cargo.lock"]
 
 # Figures whose broker/limit ratio is reported, by scenario kind. The first
 # ones are the headline figures of BENCHMARKS.md.
@@ -313,7 +317,7 @@ def machine():
         "git_commit": sh(["git", "rev-parse", "HEAD"], cwd=ROOT),
         # Uncommitted changes in what is measured, if any.
         "git_dirty": sh(
-            ["git", "status", "--porcelain", "--", "src", "benches/loadgen", "Cargo.toml", "Cargo.lock"],
+            ["git", "status", "--porcelain", "--", *MEASURED],
             cwd=ROOT,
         ),
         "rustc": sh(["rustc", "--version"]),
@@ -344,8 +348,15 @@ def export_commit(rev, dest):
 
 
 def build(verbose, src=ROOT, target_dir=None):
-    """Builds the loadgen bench once; returns (loadgen, pystrands-server) paths."""
-    cmd = ["cargo", "bench", "--bench", "loadgen", "--no-run", "--message-format=json-render-diagnostics"]
+    """Builds the broker and the load generator once (release profile);
+    returns (loadgen, pystrands-server) paths."""
+    if os.path.exists(os.path.join(src, "tools", "loadgen", "Cargo.toml")):
+        cmd = ["cargo", "build", "--release", "--locked", "--workspace"]
+    else:
+        # A commit from before the load generator became a workspace member
+        # (tools/loadgen), when it was the `loadgen` bench of the broker crate.
+        cmd = ["cargo", "bench", "--locked", "--bench", "loadgen", "--no-run"]
+    cmd.append("--message-format=json-render-diagnostics")
     print("building:", " ".join(cmd), "in", src, file=sys.stderr)
     env = dict(os.environ)
     if target_dir:
@@ -367,17 +378,9 @@ def build(verbose, src=ROOT, target_dir=None):
             loadgen = m["executable"]
         elif name == "pystrands-server":
             server = m["executable"]
-    if loadgen is None:
-        # As the loadgen README says: the newest target/release/deps/loadgen-*.
-        deps = os.path.join(target_dir or os.path.join(src, "target"), "release", "deps")
-        cands = [
-            os.path.join(deps, f)
-            for f in os.listdir(deps)
-            if f.startswith("loadgen-") and not f.endswith(".d")
-        ]
-        loadgen = max(cands, key=os.path.getmtime) if cands else None
-    if server is None:
-        server = os.path.join(target_dir or os.path.join(src, "target"), "release", "pystrands-server")
+    release = os.path.join(target_dir or os.path.join(src, "target"), "release")
+    loadgen = loadgen or os.path.join(release, "loadgen")
+    server = server or os.path.join(release, "pystrands-server")
     if not loadgen or not os.path.exists(loadgen) or not os.path.exists(server):
         sys.exit(f"cannot find the built binaries (loadgen {loadgen}, server {server})")
     return loadgen, server
@@ -660,7 +663,7 @@ def main():
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--core", type=int, default=1)
     ap.add_argument("--loadgen", help="use this loadgen binary instead of building (the broker is then --server-bin or target/release/pystrands-server)")
-    ap.add_argument("--server-bin", help="broker binary (default: the one cargo built for the bench)")
+    ap.add_argument("--server-bin", help="broker binary (default: the one built with the load generator)")
     ap.add_argument(
         "--commit",
         help="build from a clean export of this commit (git archive into a temporary directory, "
@@ -720,7 +723,7 @@ def main():
     else:
         loadgen, server = build(opts.verbose)
         server = opts.server_bin or server
-        dirty = sh(["git", "status", "--porcelain", "--", "src", "benches/loadgen", "Cargo.toml", "Cargo.lock"], cwd=ROOT)
+        dirty = sh(["git", "status", "--porcelain", "--", *MEASURED], cwd=ROOT)
         if dirty:
             print(f"warning: built from a working tree with uncommitted changes:\n{dirty}\n(use --commit HEAD for figures that belong to a commit)", file=sys.stderr)
     # Snapshot both binaries: someone else's rebuild must not change them mid-run.

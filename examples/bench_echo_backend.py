@@ -8,8 +8,7 @@ trip. Variants run in alternation, ``--rounds`` times, and the medians are
 printed at the end, so that the package's clients and the published 1.0.0
 clients are compared in the same sitting.
 
-    cargo build --release                     # the broker
-    cargo bench --bench loadgen --no-run      # the load generator
+    cargo build --release --workspace         # the broker and the load generator
     python examples/bench_echo_backend.py --clients 100 10 --rounds 3 \\
         --legacy /path/to/pystrands-1.0.0     # optional: the 1.0.0 sources
 
@@ -21,7 +20,6 @@ without it only this package's clients are measured. Linux only (taskset).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -34,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"websocket=(\S+) backend=(\S+)")
@@ -64,11 +62,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def newest(pattern: str) -> Optional[str]:
-    found = [p for p in glob.glob(pattern) if os.access(p, os.X_OK) and not p.endswith(".d")]
-    return max(found, key=os.path.getmtime) if found else None
 
 
 def pinned(core: int, argv: List[str]) -> List[str]:
@@ -137,14 +130,14 @@ def measure(variant: str, clients: int, args: argparse.Namespace, tmp: Path) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--server-bin", default=str(REPO / "target" / "release" / "pystrands-server"))
-    parser.add_argument("--loadgen", default=newest(str(REPO / "target" / "release" / "deps" / "loadgen-*")))
+    parser.add_argument("--loadgen", default=str(REPO / "target" / "release" / "loadgen"))
     parser.add_argument("--legacy", help="directory holding pystrands 1.0.0's pystrands/ package")
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 10])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="measured seconds per run")
     args = parser.parse_args()
-    if not args.loadgen or not os.access(args.loadgen, os.X_OK):
-        parser.error("no load generator: run `cargo bench --bench loadgen --no-run` or pass --loadgen")
+    if not os.access(args.loadgen, os.X_OK):
+        parser.error(f"no load generator at {args.loadgen}: run `cargo build --release --workspace` or pass --loadgen")
     if not os.access(args.server_bin, os.X_OK):
         parser.error(f"no broker at {args.server_bin}: run `cargo build --release`")
 

@@ -4,7 +4,8 @@
 //! per unit of work; `--limit` runs the same scenario against the simplest
 //! possible server, for the machine's floor in the same run.
 //!
-//! `cargo bench --bench loadgen -- <scenario> [options]`; `--help` for all.
+//! `cargo build --release --workspace`, then
+//! `target/release/loadgen <scenario> [options]`; `--help` for all.
 
 mod limit;
 mod net;
@@ -27,8 +28,9 @@ use target::{Kind, Target};
 const USAGE: &str = "\
 loadgen: load generator of the PyStrands broker
 
-usage: cargo bench --bench loadgen -- <scenario> [options]
-       (or the built binary target/release/deps/loadgen-*, e.g. under taskset -c 1)
+usage: loadgen <scenario> [options]
+       (cargo build --release --workspace builds target/release/loadgen and,
+       beside it, the target/release/pystrands-server it spawns by default)
 
 scenarios:
   fanout      N subscribers over R rooms; the backend sends M messages round-robin
@@ -38,7 +40,7 @@ scenarios:
               (new_message) -> message_to_connection -> the same client; K in flight
   conns       K idle connections: connect rate, server CPU and RSS per connection
 
-target (default: spawn the pystrands-server that cargo built for this bench):
+target (default: spawn the pystrands-server in this executable's directory):
   --server-bin PATH      spawn this broker (--host 127.0.0.1 --ws-port 0 --tcp-port 0
                          --log-level info) and read its `listening websocket=.. backend=..`
   --server-arg ARG       extra argument for the spawned broker (repeatable), e.g.
@@ -167,10 +169,6 @@ impl Args {
         let mut items = Vec::new();
         let mut it = raw.into_iter();
         while let Some(a) = it.next() {
-            // cargo passes --bench to harness = false benches.
-            if a == "--bench" {
-                continue;
-            }
             if let Some(flag) = a.strip_prefix("--").map(|_| a.clone()) {
                 if let Some((k, v)) = flag.split_once('=') {
                     items.push((k.to_owned(), Some(v.to_owned())));
@@ -257,9 +255,10 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
     let cfg = Config {
         scenario,
         limit: a.flag("--limit"),
-        server_bin: a
-            .value("--server-bin")?
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pystrands-server"))),
+        server_bin: match a.value("--server-bin")? {
+            Some(path) => path,
+            None => sibling_broker()?,
+        },
         server_args: a.take_all("--server-arg"),
         server_pid: a.value("--server-pid")?,
         ws: loopback(a.value("--ws")?, "--ws")?,
@@ -329,6 +328,13 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
     Ok(cfg)
 }
 
+/// The default broker: `pystrands-server` in the directory of this
+/// executable, where `cargo build --release --workspace` puts both.
+fn sibling_broker() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find own executable: {e}"))?;
+    Ok(exe.with_file_name("pystrands-server"))
+}
+
 fn start_target(cfg: &Config, deadline: Instant) -> Result<Target, String> {
     if cfg.limit {
         let exe =
@@ -345,6 +351,12 @@ fn start_target(cfg: &Config, deadline: Instant) -> Result<Target, String> {
     }
     if let Some(ws) = cfg.ws {
         return Ok(Target::attach(cfg.server_pid, ws, cfg.backend));
+    }
+    if !cfg.server_bin.is_file() {
+        return Err(format!(
+            "no broker at {}: build it (cargo build --release --workspace) or pass --server-bin PATH",
+            cfg.server_bin.display()
+        ));
     }
     let mut cmd = Command::new(&cfg.server_bin);
     cmd.args([
@@ -372,12 +384,7 @@ fn start_target(cfg: &Config, deadline: Instant) -> Result<Target, String> {
 fn main() -> ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     if raw.first().map(String::as_str) == Some("__limit-server") {
-        let args: Vec<String> = raw[1..]
-            .iter()
-            .filter(|a| *a != "--bench")
-            .cloned()
-            .collect();
-        return ExitCode::from(limit::main(&args) as u8);
+        return ExitCode::from(limit::main(&raw[1..]) as u8);
     }
     let (scenario, mut args) = match Args::parse(raw) {
         Ok(p) => p,
@@ -387,7 +394,6 @@ fn main() -> ExitCode {
         }
     };
     let Some(scenario) = scenario.filter(|_| !args.flag("--help")) else {
-        // A plain `cargo bench` runs every bench: print how to use this one.
         print!("{USAGE}");
         return ExitCode::SUCCESS;
     };
