@@ -196,27 +196,23 @@ impl Server {
             );
             return;
         }
+        if let (Phase::Pending { protocols, .. }, Some(protocol)) =
+            (&c.phase, answer.subprotocol.as_deref())
+        {
+            if !handshake::offers_protocol(protocols, protocol) {
+                let why = format!(
+                    "response: params.subprotocol '{protocol}' was not offered by the client \
+                     (offered: '{protocols}')"
+                );
+                return self.fail_answer(ckey, backend_key, &answer.request_id, &why);
+            }
+        }
         let Phase::Pending {
-            url,
-            accept_key,
-            protocols,
-            ..
+            url, accept_key, ..
         } = std::mem::replace(&mut c.phase, Phase::Open)
         else {
             unreachable!("answerable checked the phase");
         };
-        if let Some(protocol) = answer
-            .subprotocol
-            .as_deref()
-            .filter(|p| !handshake::offers_protocol(&protocols, p))
-        {
-            let why = format!(
-                "response: params.subprotocol '{protocol}' was not offered by the client (offered: '{protocols}')"
-            );
-            c.phase = Phase::Closing { await_peer: false };
-            self.fail_answer(ckey, backend_key, &answer.request_id, &why);
-            return;
-        }
         let client_id = answer
             .client_id
             .map(Cow::into_owned)

@@ -3,6 +3,7 @@
 //! not reading yet. Every wait is bounded by [`TIMEOUT`] or an explicit
 //! limit.
 
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -28,6 +29,11 @@ pub struct Backend {
     reader: Option<JoinHandle<()>>,
     /// Set for a backend made by [`Backend::connect_gated`].
     gate: Option<Gate>,
+    /// Events that arrived while [`Backend::request`] waited for a reply,
+    /// handed out first by the next reads.
+    held: VecDeque<Value>,
+    /// The next request id [`Backend::request`] uses.
+    next_request: u64,
 }
 
 impl Backend {
@@ -44,6 +50,20 @@ impl Backend {
         let mut backend = Backend::connect_only(broker);
         backend.send(&json!({"action": "auth", "request_id": "auth", "params": {"token": token}}));
         backend.wait_live(broker);
+        backend
+    }
+
+    /// Connects as a publisher (a first line `auth` with `events: false`,
+    /// and `token` when given) and waits for the broker's log line saying
+    /// so.
+    pub fn connect_publisher(broker: &Broker, token: Option<&str>) -> Backend {
+        let mut backend = Backend::connect_only(broker);
+        let mut params = json!({"events": false});
+        if let Some(token) = token {
+            params["token"] = json!(token);
+        }
+        backend.send(&json!({"action": "auth", "request_id": "auth", "params": params}));
+        broker.wait_log(&[&format!("backend {}", backend.local), "publisher"]);
         backend
     }
 
@@ -67,6 +87,8 @@ impl Backend {
             local,
             reader: Some(reader),
             gate: None,
+            held: VecDeque::new(),
+            next_request: 0,
         }
     }
 
@@ -125,6 +147,8 @@ impl Backend {
             local,
             reader: Some(reader),
             gate: Some(gate),
+            held: VecDeque::new(),
+            next_request: 0,
         };
         backend.wait_live(broker);
         backend
@@ -149,6 +173,14 @@ impl Backend {
     /// Next line within `limit`, parsed; heartbeats skipped. `None` on
     /// timeout; panics if the broker closed the connection.
     pub fn recv_within(&mut self, limit: Duration) -> Option<Value> {
+        if let Some(v) = self.held.pop_front() {
+            return Some(v);
+        }
+        self.recv_fresh_within(limit)
+    }
+
+    /// [`Backend::recv_within`] without the held events.
+    fn recv_fresh_within(&mut self, limit: Duration) -> Option<Value> {
         let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -168,6 +200,51 @@ impl Backend {
                 }
             }
         }
+    }
+
+    /// Sends `action` with `params` and a fresh `request_id`, and returns
+    /// the broker's reply: the next line carrying that `request_id`.
+    /// Events that arrive meanwhile are kept, in order, for later reads.
+    pub fn request(&mut self, action: &str, params: Value) -> Value {
+        self.next_request += 1;
+        let id = format!("req-{}", self.next_request);
+        self.send(&json!({"action": action, "request_id": id, "params": params}));
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Some(v) = self.recv_fresh_within(left) else {
+                panic!(
+                    "backend {}: no reply to {action} within {TIMEOUT:?}",
+                    self.local
+                );
+            };
+            if v["request_id"] == id.as_str() {
+                return v;
+            }
+            self.held.push_back(v);
+        }
+    }
+
+    /// Sends `action` with `params` and `"ack": true`; returns the number
+    /// of connections the broker's `ack` says it reached.
+    pub fn acked(&mut self, action: &str, mut params: Value) -> u64 {
+        params["ack"] = json!(true);
+        let reply = self.request(action, params);
+        assert_eq!(reply["action"], "ack", "expected an ack, got {reply}");
+        reply["params"]["connections"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("an ack without a count: {reply}"))
+    }
+
+    /// Sends `action` with `params`; the broker must answer with an `error`
+    /// line for it, whose text is returned. The backend stays connected.
+    pub fn refused(&mut self, action: &str, params: Value) -> String {
+        let reply = self.request(action, params);
+        assert_eq!(reply["action"], "error", "expected an error, got {reply}");
+        reply["params"]["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error without text: {reply}"))
+            .to_owned()
     }
 
     /// Next raw line, heartbeats included, waiting at most [`TIMEOUT`].
