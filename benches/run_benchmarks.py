@@ -158,6 +158,20 @@ def scenarios(quick):
             FANOUT_FIGURES,
         ),
         scenario(
+            f"fanout_{f1[0]}x{f1[1]}_rooms5",
+            "rooms5",
+            f"fan-out {f1[0]:,} subscribers x {f1[1]:,} messages (64 B), every client in 5 rooms",
+            fan(*f1) + ["--rooms-per-client", "5"],
+            FANOUT_FIGURES,
+        ),
+        scenario(
+            f"fanout_{f2[0]}x{f2[1]}_rooms5",
+            "rooms5",
+            f"fan-out {f2[0]:,} subscribers x {f2[1]:,} messages (64 B), every client in 5 rooms",
+            fan(*f2) + ["--rooms-per-client", "5"],
+            FANOUT_FIGURES,
+        ),
+        scenario(
             "fanout_rate30",
             "rate",
             f"fan-out at 30 messages/s to {rate[0]:,} subscribers ({rate[1]} messages)",
@@ -237,7 +251,7 @@ def scenarios(quick):
     return out
 
 
-GROUPS = ["fanout", "rate", "broadcast", "echo", "echo70k", "conns", "sweep", "linear"]
+GROUPS = ["fanout", "rooms5", "rate", "broadcast", "echo", "echo70k", "conns", "sweep", "linear"]
 
 
 def sh(cmd, **kw):

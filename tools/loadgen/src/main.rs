@@ -57,6 +57,9 @@ target (default: spawn the pystrands-server in this executable's directory):
 fanout / broadcast:
   --subscribers N        default 1000
   --rooms R              default 1 (subscriber i joins room i mod R)
+  --rooms-per-client K   default 1: each client is also in K-1 rooms that get no
+                         messages (x1 .. x{K-1}, shared by all clients; protocol
+                         v1.1 `rooms` in the broker's response; no effect in --limit)
   --messages M           default 1000
   --rate X               messages per second; default 0 = as fast as possible
   --stall N              the first N subscribers stop reading after their first message
@@ -154,6 +157,7 @@ pub struct Config {
     pub external_backend: bool,
     pub backend_pid: Option<u32>,
     pub backend_port: u16,
+    pub rooms_per_client: u32,
 }
 
 /// `--name value` / `--name=value` / boolean `--name`, in any order.
@@ -274,12 +278,16 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
         external_backend: a.flag("--external-backend"),
         backend_pid: a.value("--backend-pid")?,
         backend_port: a.or("--backend-port", 0)?,
+        rooms_per_client: a.or("--rooms-per-client", 1)?,
     };
     if let Some((k, _)) = a.items.first() {
         return Err(format!("unknown option {k} for {}", cfg.scenario.name()));
     }
     if cfg.size < ws::PAYLOAD_MIN {
         return Err(format!("--size must be at least {}", ws::PAYLOAD_MIN));
+    }
+    if cfg.rooms_per_client == 0 {
+        return Err("--rooms-per-client must be at least 1".into());
     }
     if cfg.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());

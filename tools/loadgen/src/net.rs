@@ -175,6 +175,9 @@ pub struct Backend {
     json: simd_json::Buffers,
     /// Answer new_message with message_to_connection to the sender.
     pub echo_reply: bool,
+    /// Rooms each accepted client joins besides its own (`x1` ..), to
+    /// measure fan-out with several rooms per connection.
+    pub extra_rooms: u32,
     pub counts: BackendCounts,
     pub closed: bool,
 }
@@ -349,6 +352,16 @@ impl Backend {
                 push_json_str(w, id.as_bytes());
                 w.extend_from_slice(br#","room_id":"#);
                 push_json_str(w, room.as_bytes());
+                if self.extra_rooms > 0 {
+                    w.extend_from_slice(br#","rooms":["#);
+                    for k in 1..=self.extra_rooms {
+                        if k > 1 {
+                            w.push(b',');
+                        }
+                        w.extend_from_slice(format!("\"x{k}\"").as_bytes());
+                    }
+                    w.push(b']');
+                }
                 w.extend_from_slice(b",\"metadata\":{}}}\n");
             }
             Some("new_connection") => {
@@ -491,6 +504,7 @@ impl Net {
             writable: true,
             json: simd_json::Buffers::new(1024),
             echo_reply: false,
+            extra_rooms: 0,
             counts: BackendCounts::default(),
             closed: false,
         });

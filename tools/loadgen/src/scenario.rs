@@ -110,10 +110,9 @@ pub fn run(cfg: &Config, target: &mut Target, deadline: Instant) -> Result<Repor
         })?;
         net.connect_backend(addr, kind)
             .map_err(|e| Stop::Failed(format!("cannot connect to the backend port {addr}: {e}")))?;
-        if let Scenario::Echo { .. } = cfg.scenario {
-            if let Some(b) = net.backend.as_mut() {
-                b.echo_reply = true;
-            }
+        if let Some(b) = net.backend.as_mut() {
+            b.echo_reply = matches!(cfg.scenario, Scenario::Echo { .. });
+            b.extra_rooms = cfg.rooms_per_client - 1;
         }
     }
     if target.kind == Kind::Broker {
@@ -356,13 +355,15 @@ fn fanout(
     }
     r.set("subscribers", subscribers);
     r.set("rooms", rooms);
+    r.set("rooms_per_client", cfg.rooms_per_client);
     r.set("messages", messages);
     r.set("rate", rate);
     r.line(
         "scenario",
         format!(
-            "{} {subscribers} subscribers, {rooms} rooms, {messages} messages of {} bytes, {}",
+            "{} {subscribers} subscribers, {rooms} rooms ({} per client), {messages} messages of {} bytes, {}",
             if broadcast { "broadcast" } else { "fanout" },
+            cfg.rooms_per_client,
             cfg.size,
             if rate > 0.0 {
                 format!("{rate} messages/s")
