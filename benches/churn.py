@@ -166,7 +166,7 @@ async def client(host: str, port: int, i: int, messages: int, stats: Stats) -> N
 
 def start_broker(binary: str, extra: list[str]) -> tuple[subprocess.Popen, str, int, int, list]:
     cmd = [binary, "--host", "127.0.0.1", "--backend-host", "127.0.0.1",
-           "--ws-port", "0", "--tcp-port", "0", "--log-level", "info", *extra]
+           "--ws-port", "0", "--tcp-port", "0", "--admin-port", "0", "--log-level", "info", *extra]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     log: list[str] = []

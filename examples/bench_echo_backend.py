@@ -86,7 +86,7 @@ def measure(variant: str, clients: int, args: argparse.Namespace, tmp: Path) -> 
     with open(broker_log, "w") as log:
         broker = subprocess.Popen(
             pinned(0, [args.server_bin, "--host", "127.0.0.1", "--ws-port", "0",
-                       "--tcp-port", str(port), "--log-level", "info"]),
+                       "--tcp-port", str(port), "--admin-port", "0", "--log-level", "info"]),
             stdout=subprocess.DEVNULL, stderr=log,
         )
     backend = None

@@ -222,7 +222,12 @@ impl LineParser {
             Err(e) => on_line(Err(LineError {
                 action: None,
                 request_id: None,
-                message: format!("invalid JSON: {e}"),
+                message: match e.error() {
+                    simd_json::ErrorType::InvalidNumber => format!(
+                        "invalid JSON: {e} (numbers must be valid JSON; integers may have up to 128 bits)"
+                    ),
+                    _ => format!("invalid JSON: {e}"),
+                },
             })),
         };
         self.tape = Some(tape.reset());
@@ -982,6 +987,37 @@ mod tests {
         ctx.set_metadata(tape.as_value());
         assert_eq!(context_value(&ctx)["rooms"], serde_json::json!(["b"]));
         assert_eq!(ctx.metadata(), b"{}");
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_pass_through_unchanged() {
+        for n in [
+            "18446744073709551616",
+            "123456789012345678901234567890",
+            "-123456789012345678901234567890",
+            "170141183460469231731687303715884105727",
+        ] {
+            let line = format!(
+                r#"{{"action":"set_metadata","params":{{"client_id":"a","metadata":{{"n":{n},"f":1.5e300}}}}}}"#
+            );
+            with_command(&line, |c| match c.unwrap() {
+                Command::SetMetadata { metadata, .. } => {
+                    let mut ctx = Context::new("a", "r", None, "c", []);
+                    ctx.set_metadata(metadata);
+                    let want = format!(r#"{{"n":{n},"f":1.5e300}}"#);
+                    assert_eq!(String::from_utf8_lossy(ctx.metadata()), want);
+                }
+                other => panic!("{other:?}"),
+            });
+        }
+        let huge = format!(
+            r#"{{"action":"broadcast","params":{{"message":"m","n":{}}}}}"#,
+            "9".repeat(50)
+        );
+        with_command(&huge, |c| {
+            let e = c.unwrap_err();
+            assert!(e.0.contains("up to 128 bits"), "{}", e.0);
+        });
     }
 
     #[test]

@@ -43,6 +43,11 @@ pub struct Args {
     #[argh(option, default = "1000")]
     pub queue_size: usize,
 
+    /// bytes of events kept while no backend is connected (a second bound
+    /// beside the count); the oldest are dropped past it (default 67108864)
+    #[argh(option, default = "64 * MIB")]
+    pub queue_bytes: usize,
+
     /// seconds a WebSocket upgrade waits for a backend's answer before it
     /// gets HTTP 503; decimals allowed (default 5)
     #[argh(option, default = "String::from(\"5\")")]
@@ -54,9 +59,10 @@ pub struct Args {
     #[argh(option, default = "MIB")]
     pub max_message_size: usize,
 
-    /// bytes a client may leave unread behind the message it is receiving
-    /// (checked after each write); a client further behind is closed with
-    /// 1008 (default 4194304)
+    /// memory a client's unsent messages may take behind the message it is
+    /// receiving, in bytes: each message counts its size plus 48 bytes of
+    /// bookkeeping (checked after each write); a client further behind is
+    /// closed with 1008 (default 4194304)
     #[argh(option, default = "4 * MIB")]
     pub max_outbound_bytes: usize,
 
@@ -117,6 +123,20 @@ pub struct Args {
     /// client with 1009 (default 1024)
     #[argh(option, default = "1024")]
     pub max_fragments: usize,
+
+    /// most backend connections that have not authenticated yet (with
+    /// --backend-token); more are refused at once (default 64)
+    #[argh(option, default = "64")]
+    pub max_pending_backends: usize,
+
+    /// port of the admin listener: GET /metrics (Prometheus), /health and
+    /// /stats (default 8082; 0 turns it off)
+    #[argh(option, default = "8082")]
+    pub admin_port: u16,
+
+    /// address the admin listener listens on (default 127.0.0.1)
+    #[argh(option, default = "String::from(\"127.0.0.1\")")]
+    pub admin_host: String,
 
     /// shared secret backends must present in their first line
     /// ({"action":"auth","params":{"token":"..."}}); also read from
@@ -185,6 +205,12 @@ pub struct Config {
     pub allowed_origins: Option<Vec<String>>,
     /// Most verbose level that is logged.
     pub log_level: log::LevelFilter,
+    /// Bytes of events kept while no backend is connected.
+    pub queue_bytes: usize,
+    /// Most backend connections not yet authenticated.
+    pub max_pending_backends: usize,
+    /// The admin listener's address; `None` when it is off.
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl Default for Config {
@@ -216,6 +242,9 @@ impl Default for Config {
             backend_token: None,
             allowed_origins: None,
             log_level: log::LevelFilter::Info,
+            queue_bytes: 64 * MIB,
+            max_pending_backends: 64,
+            admin: None,
         }
     }
 }
@@ -308,6 +337,15 @@ impl Config {
                 .map(|list| parse_origins(&list))
                 .transpose()?,
             log_level: parse_level(&args.log_level)?,
+            queue_bytes: args.queue_bytes,
+            max_pending_backends: at_least("--max-pending-backends", args.max_pending_backends, 1)?,
+            admin: match args.admin_port {
+                0 => None,
+                port => Some(std::net::SocketAddr::new(
+                    parse_ip("--admin-host", &args.admin_host)?,
+                    port,
+                )),
+            },
         };
         Ok(config)
     }
@@ -406,6 +444,11 @@ mod tests {
         assert_eq!(c.max_outbound_bytes, 4 * MIB);
         assert_eq!(c.max_line_size, 16 * MIB);
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.queue_bytes, 64 * MIB);
+        assert_eq!(c.max_pending_backends, 64);
+        assert_eq!(c.admin, Some("127.0.0.1:8082".parse().unwrap()));
+        let c = Config::from_args(args(&["--admin-port", "0"]), no_env).unwrap();
+        assert_eq!(c.admin, None);
     }
 
     #[test]
@@ -440,6 +483,8 @@ mod tests {
             (&["--host", "nowhere"], "--host"),
             (&["--log-level", "loud"], "--log-level"),
             (&["--max-outbound-bytes", "10"], "--max-outbound-bytes"),
+            (&["--max-pending-backends", "0"], "--max-pending-backends"),
+            (&["--admin-host", "somewhere"], "--admin-host"),
         ];
         for (flags, source) in cases {
             let e = Config::from_args(args(flags), no_env).unwrap_err();

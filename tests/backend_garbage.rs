@@ -1,7 +1,8 @@
 //! Garbage from a backend (not JSON, not an object, a missing field, an
 //! unknown action) is answered with an `error` line naming the problem and
-//! carrying the line's request_id (null when it has none), logged at warn;
-//! the backend stays connected and keeps working.
+//! carrying the line's request_id (null when it has none), logged at warn
+//! at most once a second with a running count; the backend stays connected
+//! and keeps working.
 
 mod common;
 
@@ -79,7 +80,10 @@ fn bad_lines_get_error_replies_and_the_backend_keeps_working() {
         "does not name the action: {e}"
     );
 
-    broker.wait_log(&["WARN", "fly_to_the_moon"]);
+    // The first refusal is logged at once; the next ones in the same
+    // second only counted.
+    broker.wait_log(&["WARN", "line refused: invalid JSON", "1 in all"]);
+    assert!(!broker.has_log(&["fly_to_the_moon"]));
 
     // Still connected, still obeyed, still told about clients.
     backend.send_to_room("lobby", "still working");
@@ -102,4 +106,34 @@ fn garbage_between_good_lines_does_not_disturb_them() {
     assert_eq!(recv_text(&mut client), "two");
     let e = expect_error(&mut backend, Value::Null);
     assert!(e.to_lowercase().contains("json"), "{e}");
+}
+
+#[test]
+fn refused_lines_are_logged_at_most_once_a_second_with_a_count() {
+    let broker = Broker::start(&[]);
+    let mut backend = Backend::connect(&broker);
+    let lines: Vec<Value> = (0..200)
+        .map(|i| json!({"action": "nope", "request_id": format!("g{i}")}))
+        .collect();
+    backend.send_all(lines);
+    for i in 0..200 {
+        assert_eq!(backend.expect("error")["request_id"], format!("g{i}"));
+    }
+    let warned = |broker: &Broker| {
+        broker
+            .log_lines()
+            .iter()
+            .filter(|l| l.contains("line refused"))
+            .count()
+    };
+    assert!(warned(&broker) <= 2, "{} warnings", warned(&broker));
+    // A second later the next refusal is logged with the ones not logged.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    backend.send(&json!({"action": "nope", "request_id": "last"}));
+    backend.expect("error");
+    let line = broker.wait_log(&["WARN", "line refused", "201 in all"]);
+    assert!(
+        line.contains("more refused since the last warning"),
+        "{line}"
+    );
 }

@@ -1,9 +1,11 @@
 //! A broker whose open-file limit is low (soft and hard, so it cannot raise
-//! it): it logs the limit and lowers --max-connections to fit at start;
-//! when more connections arrive than it has descriptors for, it neither
-//! crashes nor spins (they wait in the listen backlog), keeps serving its
-//! clients, and once connections close it serves new ones again and its
-//! descriptors return to their baseline.
+//! it): it logs the limit and lowers --max-connections at start to the
+//! clients' share, keeping descriptors for backends. Clients past the cap
+//! are refused at accept (503) without running out of descriptors, and a
+//! backend can still connect. When descriptors do run out (a flood of
+//! backend connections), it neither crashes nor spins (they wait in the
+//! listen backlog), keeps serving its clients, and once connections close
+//! it serves new ones again and its descriptors return to their baseline.
 
 mod common;
 
@@ -48,31 +50,42 @@ fn start_with_limits(flags: &[&str], soft: libc::rlim_t, hard: libc::rlim_t) -> 
     })
 }
 
-/// [`FLOOD`] TCP connections to the WebSocket port that send nothing.
-fn connect_flood(broker: &Broker) -> Vec<TcpStream> {
+/// [`FLOOD`] TCP connections to `addr` that send nothing.
+fn connect_flood(addr: std::net::SocketAddr) -> Vec<TcpStream> {
     (0..FLOOD)
         .map(|i| {
-            TcpStream::connect(broker.ws)
-                .unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
+            TcpStream::connect(addr).unwrap_or_else(|e| panic!("connection {i} of the flood: {e}"))
         })
         .collect()
 }
 
+/// The value --max-connections was lowered to, from the start-up warning
+/// (which names the open-file limit `nofile`).
+fn lowered_cap(broker: &Broker, nofile: u64) -> u64 {
+    let line = broker.wait_log(&[
+        "WARN",
+        "--max-connections 100000 lowered to ",
+        &format!("the open-file limit is {nofile}"),
+    ]);
+    let after = line.split("lowered to ").nth(1).unwrap();
+    after[..after.find(':').unwrap()].parse().unwrap()
+}
+
 #[test]
 fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
-    // A long --connect-timeout: the flood's connections send nothing and
-    // must not be closed with 408 while the test looks.
-    let mut broker = start_with_nofile(&["--connect-timeout", "30"]);
+    let mut broker = start_with_nofile(&[]);
     broker.wait_log(&["open-file limit: soft 128 raised to 128"]);
-    broker.wait_log(&[
-        "WARN",
-        "--max-connections 100000 lowered to 64: the open-file limit is 128",
-    ]);
+    let cap = lowered_cap(&broker, 128);
+    // Most descriptors are the clients'; an eighth (here 16) and the ones
+    // open at start stay for backends and listeners.
+    assert!((96..=112).contains(&cap), "lowered to {cap}");
     let mut backend = Backend::connect(&broker);
     let mut a = join(&broker, &mut backend, "a", "r");
     let baseline = broker.open_fds();
 
-    let flood = connect_flood(&broker);
+    // Backends are not capped like clients: enough of them exhaust the
+    // descriptors.
+    let flood = connect_flood(broker.backend);
     broker.wait_log(&["WARN", "out of file descriptors"]);
     assert!(broker.is_running(), "the broker died out of descriptors");
 
@@ -106,6 +119,39 @@ fn out_of_descriptors_the_broker_waits_without_spinning_and_recovers() {
     assert!(broker.is_running());
 }
 
+/// --max-connections counts every client connection from its accept, even
+/// one that never sends a byte: past the cap, connections are refused at
+/// once with 503 and the descriptors do not run out, so a backend can
+/// still connect and the clients already in are served.
+#[test]
+fn clients_past_the_cap_are_refused_at_accept_and_backends_still_connect() {
+    // A long --connect-timeout: the flood's connections send nothing and
+    // must not be closed with 408 while the test looks.
+    let broker = start_with_nofile(&["--connect-timeout", "30"]);
+    let cap = lowered_cap(&broker, 128) as usize;
+    let mut backend = Backend::connect(&broker);
+    let mut a = join(&broker, &mut backend, "a", "r");
+    let flood = connect_flood(broker.ws);
+    // Everything past the cap is answered 503 and closed at once.
+    let mut refused = 0;
+    for stream in flood.iter().skip(cap) {
+        let mut stream = stream.try_clone().unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let reply = String::from_utf8_lossy(&read_to_eof(&mut stream)).into_owned();
+        assert_eq!(status_of(&reply), 503, "{reply}");
+        assert!(reply.contains("--max-connections"), "{reply}");
+        refused += 1;
+    }
+    assert_eq!(refused, FLOOD - cap);
+    assert!(!broker.has_log(&["out of file descriptors"]));
+    // A backend connects, and takes part, while clients fill the cap.
+    let mut second = Backend::connect(&broker);
+    second.send_to_room("r", "from the second backend");
+    assert_eq!(recv_text(&mut a), "from the second backend");
+    drop(flood);
+    let _ = &mut backend;
+}
+
 /// Joins `id` into room "r". The flood's last connections may still sit in
 /// the listen backlog, ahead of this one, and count against the lowered
 /// --max-connections until the broker reads their end: a 503 then is
@@ -133,8 +179,8 @@ fn join_when_room(broker: &Broker, backend: &mut Backend, id: &str) -> Ws {
 /// hour from a broker that is merely full.
 #[test]
 fn running_out_of_descriptors_is_warned_once_not_at_every_retry() {
-    let broker = start_with_nofile(&["--connect-timeout", "30"]);
-    let _flood = connect_flood(&broker);
+    let broker = start_with_nofile(&[]);
+    let _flood = connect_flood(broker.backend);
     broker.wait_log(&["WARN", "out of file descriptors"]);
     // Ten retries' worth.
     thread::sleep(Duration::from_secs(1));
@@ -156,10 +202,8 @@ fn running_out_of_descriptors_is_warned_once_not_at_every_retry() {
 fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     let broker = start_with_limits(&[], 100, 200);
     broker.wait_log(&["INFO", "open-file limit: soft 100 raised to 200"]);
-    broker.wait_log(&[
-        "WARN",
-        "--max-connections 100000 lowered to 136: the open-file limit is 200",
-    ]);
+    let cap = lowered_cap(&broker, 200);
+    assert!((150..=175).contains(&cap), "lowered to {cap}");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", broker.pid())).unwrap();
     let line = limits
         .lines()

@@ -9,8 +9,10 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::Interest;
 
+use crate::backend;
 use crate::socket::AcceptError;
 use crate::ws::frame::FrameReader;
+use crate::ws::handshake;
 
 use super::conn::{Backend, Client, ConnRef};
 use super::timers::Wait;
@@ -60,6 +62,22 @@ impl Server {
     /// request within `--connect-timeout`.
     pub(super) fn accept_clients(&mut self) {
         while let Some((mut sock, peer)) = self.accept_next(Listener::WebSocket) {
+            if self.clients.len() >= self.max_connections {
+                // Counted from accept on, whatever the connection does next;
+                // the descriptors above the cap stay for backends.
+                self.stats.unavailable += 1;
+                debug!("client {peer} refused: at --max-connections");
+                refuse(
+                    &mut sock,
+                    &handshake::http_response(
+                        503,
+                        "Service Unavailable",
+                        "server at its connection limit (see --max-connections)",
+                        "",
+                    ),
+                );
+                continue;
+            }
             let serial = self.serial();
             let entry = self.clients.vacant_entry();
             let key = entry.key();
@@ -86,6 +104,23 @@ impl Server {
     /// its first line says it is a publisher.
     pub(super) fn accept_backends(&mut self) {
         while let Some((mut sock, peer)) = self.accept_next(Listener::Backend) {
+            let authenticated = self.config.backend_token.is_none();
+            if !authenticated && self.pending_backends >= self.config.max_pending_backends {
+                self.stats.refused_backends += 1;
+                warn!(
+                    "backend {peer} refused: {} backends are waiting to authenticate \
+                     (see --max-pending-backends)",
+                    self.pending_backends
+                );
+                let mut line = Vec::new();
+                backend::push_line_error(
+                    &mut line,
+                    None,
+                    "too many backends waiting to authenticate (see --max-pending-backends)",
+                );
+                refuse(&mut sock, &line);
+                continue;
+            }
             let serial = self.serial();
             let entry = self.backends.vacant_entry();
             let key = entry.key();
@@ -97,7 +132,6 @@ impl Server {
                 warn!("cannot register backend {peer}: {e}");
                 continue;
             }
-            let authenticated = self.config.backend_token.is_none();
             let backend = entry.insert(Backend::new(sock, serial, peer, authenticated));
             if authenticated {
                 // A publisher's first line is often here already: read it
@@ -112,6 +146,7 @@ impl Server {
                     self.backend_joins(key);
                 }
             } else {
+                self.pending_backends += 1;
                 info!("backend {peer} connected; waiting for its auth line");
             }
             self.timers
@@ -151,4 +186,11 @@ impl Server {
             info!("accepting connections again");
         }
     }
+}
+
+/// Writes `reply` to a connection that is refused as it is accepted (best
+/// effort: a new socket takes a short reply at once) and closes it.
+fn refuse(sock: &mut TcpStream, reply: &[u8]) {
+    use std::io::Write;
+    let _ = sock.write(reply);
 }

@@ -15,8 +15,12 @@ use crate::socket::{ReadOutcome, Signal, SocketResult};
 
 use super::client_io::READ_BUDGET;
 use super::conn::ConnRef;
-use super::{mark_dirty, Server, READ_CHUNK};
+use super::{list_once, Server, READ_CHUNK};
 
+/// Longest first line of a backend that must authenticate: an auth line
+/// is short, and a connection that has not shown the token may not make
+/// the broker buffer more.
+pub(super) const AUTH_LINE_MAX: usize = 4096;
 /// Capacity a backend's output buffer keeps once drained.
 const BACKEND_BUFFER_KEPT: usize = 4 * 1024 * 1024;
 
@@ -27,7 +31,7 @@ impl Server {
             return;
         };
         if b.ready.record(signal) {
-            mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, key);
+            list_once(&mut b.dirty, &mut self.turn.dirty_backends, key);
         }
         self.backend_read(key);
     }
@@ -44,7 +48,7 @@ impl Server {
                 return;
             }
             if budget == 0 {
-                self.turn.backend_read_again.push(key);
+                list_once(&mut b.read_listed, &mut self.turn.backend_read_again, key);
                 return;
             }
             let mut scratch = std::mem::take(&mut self.scratch);
@@ -82,10 +86,11 @@ impl Server {
                 }
             }
             self.scratch = scratch;
+            let limit = self.line_limit(key);
             if self
                 .backends
                 .get(key)
-                .is_some_and(|b| !b.closing && b.inbuf.len() > self.config.max_line_size)
+                .is_some_and(|b| !b.closing && b.inbuf.len() > limit)
             {
                 self.line_too_long(key);
                 return;
@@ -93,13 +98,30 @@ impl Server {
         }
     }
 
-    fn line_too_long(&mut self, key: usize) {
-        if let Some(b) = self.backends.get(key) {
-            warn!(
-                "backend {} closed: a line longer than {} bytes (see --max-line-size)",
-                b.peer, self.config.max_line_size
-            );
+    /// The longest line backend `key` may send now: a small auth line
+    /// before it authenticated, `--max-line-size` after.
+    fn line_limit(&self, key: usize) -> usize {
+        match self.backends.get(key) {
+            Some(b) if !b.authenticated => AUTH_LINE_MAX,
+            _ => self.config.max_line_size,
         }
+    }
+
+    fn line_too_long(&mut self, key: usize) {
+        let Some(b) = self.backends.get(key) else {
+            return;
+        };
+        if !b.authenticated {
+            warn!(
+                "backend {} refused: a first line longer than {AUTH_LINE_MAX} bytes",
+                b.peer
+            );
+            return self.refuse_backend(key, "the auth line is too long");
+        }
+        warn!(
+            "backend {} closed: a line longer than {} bytes (see --max-line-size)",
+            b.peer, self.config.max_line_size
+        );
         self.end_backend(key);
     }
 
@@ -108,13 +130,15 @@ impl Server {
     fn backend_lines(&mut self, key: usize, buf: &mut [u8]) -> usize {
         let mut parser = std::mem::take(&mut self.line_parser);
         let mut start = 0;
-        let max_line = self.config.max_line_size;
         while let Some(nl) = memchr::memchr(b'\n', &buf[start..]) {
             if self.backends.get(key).is_none_or(|b| b.closing) {
                 break;
             }
-            if nl > max_line {
+            if nl > self.line_limit(key) {
                 self.line_too_long(key);
+                break;
+            }
+            if self.sends_without_reading(key, nl + 1) {
                 break;
             }
             let line = trim_cr(&mut buf[start..start + nl]);
@@ -126,6 +150,33 @@ impl Server {
         }
         self.line_parser = parser;
         start
+    }
+
+    /// Counts `len` bytes of lines from backend `key` against it while it
+    /// is more than `--max-backend-buffer` behind; one that sends that much
+    /// again without reading is closed (returns true).
+    fn sends_without_reading(&mut self, key: usize, len: usize) -> bool {
+        let limit = self.config.max_backend_buffer;
+        let Some(b) = self.backends.get_mut(key) else {
+            return false;
+        };
+        if b.unsent() <= limit {
+            b.sent_while_behind = 0;
+            return false;
+        }
+        b.sent_while_behind += len;
+        if b.sent_while_behind <= limit {
+            return false;
+        }
+        warn!(
+            "backend {} closed: it sent {} bytes of lines while {} bytes behind, without reading \
+             (see --max-backend-buffer)",
+            b.peer,
+            b.sent_while_behind,
+            b.unsent()
+        );
+        self.end_backend(key);
+        true
     }
 
     /// One parsed line: the auth line of a backend that must present the
@@ -189,6 +240,7 @@ impl Server {
             return self.refuse_backend(key, "authentication failed");
         }
         b.authenticated = true;
+        self.pending_backends -= 1;
         if events {
             self.backend_joins(key);
         } else {
@@ -222,6 +274,7 @@ impl Server {
         let Some(b) = self.backends.get_mut(key) else {
             return;
         };
+        self.stats.refused_backends += 1;
         let mut line = Vec::new();
         backend::push_line_error(
             &mut line,
@@ -305,7 +358,7 @@ impl Server {
             if let Some(c) = self.clients.get_mut(r.key) {
                 if c.serial == r.serial && c.paused {
                     c.paused = false;
-                    self.turn.read_again.push(r.key);
+                    list_once(&mut c.read_listed, &mut self.turn.read_again, r.key);
                 }
             }
         }

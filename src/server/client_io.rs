@@ -15,7 +15,7 @@ use crate::ws::encode;
 use crate::ws::frame::{Event, FrameError, FrameReader};
 
 use super::conn::{ConnRef, Ending, Phase};
-use super::{mark_dirty, Server};
+use super::{list_once, Server};
 
 /// Bytes one client may have read per loop turn before others get a turn.
 pub(super) const READ_BUDGET: usize = 256 * 1024;
@@ -27,7 +27,7 @@ impl Server {
             return;
         };
         if c.ready.record(signal) {
-            mark_dirty(&mut c.dirty, &mut self.turn.dirty_clients, key);
+            list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
         }
         self.client_read(key);
     }
@@ -39,7 +39,7 @@ impl Server {
             return;
         };
         c.outq.push(frame);
-        mark_dirty(&mut c.dirty, &mut self.turn.dirty_clients, key);
+        list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
     }
 
     /// Reads what client `key` sent, up to its budget for the turn.
@@ -49,15 +49,23 @@ impl Server {
             let Some(c) = self.clients.get_mut(key) else {
                 return;
             };
-            if !c.ready.readable
-                || c.paused
-                || c.ending.is_some()
-                || matches!(c.phase, Phase::Pending { .. })
-            {
+            if !c.ready.readable || c.paused || c.ending.is_some() {
+                return;
+            }
+            if let Phase::Pending { .. } = c.phase {
+                // Nothing is read while the backend decides, but a client
+                // that hangs up frees its slot at once.
+                if c.ready.hup {
+                    debug!(
+                        "client {} hung up while its connection request waited",
+                        c.peer
+                    );
+                    self.end_client(key, Ending::Drop);
+                }
                 return;
             }
             if budget == 0 {
-                self.turn.read_again.push(key);
+                self.read_client_again(key);
                 return;
             }
             if let (Phase::Open, Some(r)) = (&c.phase, c.backend) {
@@ -211,8 +219,8 @@ impl Server {
                 true
             }
             Event::Ping(payload) => {
-                let pong = encode::pong(payload);
-                self.enqueue(key, pong);
+                c.outq.push_pong(encode::pong(payload));
+                list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
                 true
             }
             Event::Pong => true,

@@ -21,7 +21,7 @@ use crate::backend;
 use crate::ws::{encode, handshake};
 
 use super::conn::{ConnRef, Ending, Phase};
-use super::{mark_dirty, Server};
+use super::{list_once, Server};
 
 impl Server {
     /// Records how client `key` ends; carried out at the end of the turn.
@@ -121,7 +121,7 @@ impl Server {
         if let Some(await_peer) = await_peer {
             c.phase = Phase::Closing { await_peer };
             let serial = c.serial;
-            mark_dirty(&mut c.dirty, &mut self.turn.dirty_clients, key);
+            list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
             self.timers
                 .close
                 .arm(Instant::now(), ConnRef { key, serial });
@@ -129,7 +129,7 @@ impl Server {
             // the socket (the client's close frame, or bytes to discard) is
             // read next turn.
             if c.ready.readable {
-                self.turn.read_again.push(key);
+                list_once(&mut c.read_listed, &mut self.turn.read_again, key);
             }
         }
         if was_open {
@@ -150,6 +150,9 @@ impl Server {
             key,
             serial: b.serial,
         };
+        if !b.authenticated {
+            self.pending_backends -= 1;
+        }
         let unsent = &b.out[b.out_pos..];
         if !unsent.is_empty() {
             let lost = memchr::memchr_iter(b'\n', unsent).count();

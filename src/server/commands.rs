@@ -7,6 +7,7 @@
 //! shared frame.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
 use ahash::AHashMap;
 use log::warn;
@@ -18,7 +19,7 @@ use crate::json::push_str;
 use crate::ws::encode;
 
 use super::conn::Ending;
-use super::{mark_dirty, Server};
+use super::{list_once, Server};
 
 impl Server {
     /// Carries out one line from backend `from` (the auth gate is behind
@@ -131,7 +132,7 @@ impl Server {
                 continue;
             }
             c.outq.push(frame.clone());
-            mark_dirty(&mut c.dirty, &mut self.turn.dirty_clients, key);
+            list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
             reached += 1;
         }
         reached
@@ -210,6 +211,9 @@ impl Server {
     /// their first connection is listed), with the metadata of that first
     /// connection and every connection id of the client in the room.
     fn presence(&mut self, from: usize, request_id: Option<&str>, room_id: &str) {
+        if !self.may_reply(from) {
+            return;
+        }
         let mut order: Vec<(&str, &[u8], Vec<u64>)> = Vec::new();
         let mut index: AHashMap<&str, usize> = AHashMap::new();
         for &key in self.hub.room(room_id) {
@@ -253,12 +257,15 @@ impl Server {
             }
             out.push(b']');
         });
-        mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, from);
+        list_once(&mut b.dirty, &mut self.turn.dirty_backends, from);
     }
 
     /// `presence_stats`: how many distinct client ids and connections are
     /// in a room.
     fn presence_stats(&mut self, from: usize, request_id: Option<&str>, room_id: &str) {
+        if !self.may_reply(from) {
+            return;
+        }
         let mut clients: ahash::AHashSet<&str> = ahash::AHashSet::new();
         let mut connections = 0usize;
         for &key in self.hub.room(room_id) {
@@ -280,14 +287,18 @@ impl Server {
                 format!(",\"clients\":{clients},\"connections\":{connections}").as_bytes(),
             );
         });
-        mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, from);
+        list_once(&mut b.dirty, &mut self.turn.dirty_backends, from);
     }
 
-    /// Appends a reply line for backend `key`, written by `write`.
+    /// Appends a reply line for backend `key`, written by `write`, unless
+    /// the backend is too far behind to be given more (routing.rs).
     fn reply(&mut self, key: usize, write: impl FnOnce(&mut Vec<u8>)) {
-        if let Some(b) = self.backends.get_mut(key).filter(|b| !b.closing) {
+        if !self.may_reply(key) {
+            return;
+        }
+        if let Some(b) = self.backends.get_mut(key) {
             write(&mut b.out);
-            mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, key);
+            list_once(&mut b.dirty, &mut self.turn.dirty_backends, key);
         }
     }
 
@@ -296,7 +307,13 @@ impl Server {
     pub(super) fn reply_line_error(&mut self, key: usize, request_id: Option<&str>, error: &str) {
         self.stats.bad_backend_lines += 1;
         if let Some(b) = self.backends.get(key) {
-            warn!("backend {}: line refused: {error}", b.peer);
+            if let Some(unlogged) = self.refused_lines.hit(Instant::now()) {
+                warn!(
+                    "backend {}: line refused: {error} ({unlogged} more refused since the last \
+                     warning, {} in all)",
+                    b.peer, self.stats.bad_backend_lines
+                );
+            }
         }
         self.reply(key, |out| backend::push_line_error(out, request_id, error));
     }

@@ -138,6 +138,8 @@ pub(super) struct Client {
     pub ready: Readiness,
     /// Listed in the turn's dirty clients.
     pub dirty: bool,
+    /// Listed to read again at the end of the turn.
+    pub read_listed: bool,
     /// What its events carry; set once the client is accepted.
     pub context: Option<Context>,
     /// The backend that gets this client's events while it lives.
@@ -166,6 +168,7 @@ impl Client {
             outq: OutQueue::new(),
             ready: Readiness::default(),
             dirty: false,
+            read_listed: false,
             context: None,
             backend: None,
             paused: false,
@@ -193,6 +196,11 @@ pub(super) struct Backend {
     pub ready: Readiness,
     /// Listed in the turn's dirty backends.
     pub dirty: bool,
+    /// Listed to read again at the end of the turn.
+    pub read_listed: bool,
+    /// Bytes of lines received while more than `--max-backend-buffer`
+    /// behind: a backend that sends that much without reading is closed.
+    pub sent_while_behind: usize,
     /// Ending: out of the routing, no more lines carried out; removed at
     /// the end of the turn.
     pub closing: bool,
@@ -227,6 +235,8 @@ impl Backend {
             out_pos: 0,
             ready: Readiness::default(),
             dirty: false,
+            read_listed: false,
+            sent_while_behind: 0,
             closing: false,
             paused: Vec::new(),
             authenticated,

@@ -169,8 +169,9 @@ impl Turn {
     }
 }
 
-/// Lists `key` as dirty once (its `dirty` flag says whether it is listed).
-fn mark_dirty(flag: &mut bool, list: &mut Vec<usize>, key: usize) {
+/// Lists `key` once (its `flag` says whether it is listed): a connection
+/// is flushed, or read again, at most once per list.
+fn list_once(flag: &mut bool, list: &mut Vec<usize>, key: usize) {
     if !*flag {
         *flag = true;
         list.push(key);
@@ -200,6 +201,10 @@ pub struct Server {
     max_connections: usize,
     /// Accepting fails (warned once per shortage, not at every retry).
     accept_failing: bool,
+    /// Backends connected and not yet authenticated.
+    pending_backends: usize,
+    /// Warnings about refused backend lines.
+    refused_lines: stats::LogLimit,
     next_serial: u64,
     scratch: Vec<u8>,
     /// The connections a command targets (kept for its allocation).
@@ -265,6 +270,8 @@ impl Server {
         Ok(Server {
             max_connections,
             accept_failing: false,
+            pending_backends: 0,
+            refused_lines: stats::LogLimit::default(),
             timers: Timers::new(&config, Instant::now()),
             config,
             poll,
@@ -347,9 +354,15 @@ impl Server {
     /// endings the writes produced, and the removal of ended connections.
     fn end_turn(&mut self) {
         for key in std::mem::take(&mut self.turn.backend_read_again) {
+            if let Some(b) = self.backends.get_mut(key) {
+                b.read_listed = false;
+            }
             self.backend_read(key);
         }
         for key in std::mem::take(&mut self.turn.read_again) {
+            if let Some(c) = self.clients.get_mut(key) {
+                c.read_listed = false;
+            }
             self.client_read(key);
         }
         self.fire_deadlines(Instant::now());
@@ -367,6 +380,13 @@ impl Server {
         let next = self.timers.next_deadline();
         // Round up so a deadline is past when we wake.
         Some(next.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
+    }
+
+    /// Lists client `key` to read again at the end of the turn (once).
+    fn read_client_again(&mut self, key: usize) {
+        if let Some(c) = self.clients.get_mut(key) {
+            list_once(&mut c.read_listed, &mut self.turn.read_again, key);
+        }
     }
 
     fn serial(&mut self) -> u64 {

@@ -1,15 +1,22 @@
 //! Which backend gets what: round-robin over the backends that take events,
 //! per-client stickiness (every event of a client goes to the backend that
 //! accepted it while that backend lives, so their order holds), and the
-//! bounded queue of events that wait while no backend is connected.
+//! queue of events that wait while no backend is connected, bounded by
+//! `--queue-size` events and `--queue-bytes` bytes.
+//!
+//! A backend more than `--max-backend-buffer` behind gets no new
+//! connection requests (they go to another backend, or get 503) and no
+//! replies or `error` events (dropped and counted); its clients' reading
+//! pauses (client_io.rs).
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use log::{info, warn};
 
 use super::conn::ConnRef;
-use super::{mark_dirty, Server};
+use super::stats::LogLimit;
+use super::{list_once, Server};
 
 /// The routing table and the no-backend queue.
 #[derive(Debug, Default)]
@@ -17,12 +24,14 @@ pub(super) struct Routing {
     /// Backends that take events, in round-robin order.
     live: Vec<usize>,
     next: usize,
-    /// Events waiting for a backend to connect (bounded by `--queue-size`).
+    /// Events waiting for a backend to connect.
     queue: VecDeque<Vec<u8>>,
-    /// When a dropped event was last logged.
-    drops_warned_at: Option<Instant>,
-    /// Drops since that log line.
-    drops_unreported: u64,
+    /// Bytes in `queue`.
+    queue_bytes: usize,
+    /// Warnings about dropped events.
+    drops: LogLimit,
+    /// Warnings about replies dropped for a backend that is behind.
+    dropped_replies: LogLimit,
 }
 
 impl Routing {
@@ -40,6 +49,47 @@ impl Routing {
     pub fn remove(&mut self, key: usize) {
         self.live.retain(|&k| k != key);
     }
+
+    /// How many backends take events.
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Events and bytes waiting for a backend.
+    #[allow(dead_code)] // read by the metrics
+    pub fn queued(&self) -> (usize, usize) {
+        (self.queue.len(), self.queue_bytes)
+    }
+
+    fn push_front(&mut self, line: Vec<u8>) {
+        self.queue_bytes += line.len();
+        self.queue.push_front(line);
+    }
+
+    fn pop_front(&mut self) -> Option<Vec<u8>> {
+        let line = self.queue.pop_front()?;
+        self.queue_bytes -= line.len();
+        Some(line)
+    }
+}
+
+/// Why no backend can take a connection request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoBackend {
+    /// None that takes events is connected.
+    None,
+    /// Every one is more than `--max-backend-buffer` behind.
+    AllBehind,
+}
+
+impl NoBackend {
+    /// The reason a client's 503 carries.
+    pub fn reason(self) -> &'static str {
+        match self {
+            NoBackend::None => "no backend connected",
+            NoBackend::AllBehind => "every backend is behind (see --max-backend-buffer)",
+        }
+    }
 }
 
 impl Server {
@@ -52,6 +102,52 @@ impl Server {
             key,
             serial: b.serial,
         })
+    }
+
+    /// The next backend in round-robin order that is not more than
+    /// `--max-backend-buffer` behind.
+    pub(super) fn pick_backend_with_room(&mut self) -> Result<ConnRef, NoBackend> {
+        for _ in 0..self.routing.live_count() {
+            let r = self.pick_backend().ok_or(NoBackend::None)?;
+            if self.has_room(r.key) {
+                return Ok(r);
+            }
+        }
+        Err(if self.routing.live_count() == 0 {
+            NoBackend::None
+        } else {
+            NoBackend::AllBehind
+        })
+    }
+
+    /// Whether backend `key` is within `--max-backend-buffer`.
+    pub(super) fn has_room(&self, key: usize) -> bool {
+        self.backends
+            .get(key)
+            .is_some_and(|b| b.unsent() <= self.config.max_backend_buffer)
+    }
+
+    /// A reply or `error` event for backend `key` is about to be written:
+    /// false (and counted, and logged at most once a second) when the
+    /// backend is too far behind to be given more.
+    pub(super) fn may_reply(&mut self, key: usize) -> bool {
+        let Some(b) = self.backends.get(key).filter(|b| !b.closing) else {
+            return false;
+        };
+        if b.unsent() <= self.config.max_backend_buffer {
+            return true;
+        }
+        self.stats.dropped_replies += 1;
+        if let Some(unlogged) = self.routing.dropped_replies.hit(Instant::now()) {
+            warn!(
+                "backend {} is {} bytes behind (see --max-backend-buffer): a reply was dropped \
+                 ({unlogged} more since the last warning, {} in all)",
+                b.peer,
+                b.unsent(),
+                self.stats.dropped_replies
+            );
+        }
+        false
     }
 
     /// A backend joins the routing: it takes the events that waited for a
@@ -72,16 +168,16 @@ impl Server {
             }
         }
         routing.queue = VecDeque::new();
-        if routing.drops_unreported > 0 {
+        routing.queue_bytes = 0;
+        let unlogged = routing.drops.end();
+        if unlogged > 0 {
             warn!(
-                "no backend was connected: {} more events dropped ({} dropped so far)",
-                routing.drops_unreported, self.stats.dropped_events
+                "no backend was connected: {unlogged} more events dropped ({} dropped so far)",
+                self.stats.dropped_events
             );
-            routing.drops_unreported = 0;
         }
-        routing.drops_warned_at = None;
         routing.live.push(key);
-        mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, key);
+        list_once(&mut b.dirty, &mut self.turn.dirty_backends, key);
         info!(
             "backend {} connected ({} connected); {flushed} queued events sent to it",
             b.peer,
@@ -101,12 +197,12 @@ impl Server {
                     for line in &lines {
                         b.out.extend_from_slice(line);
                     }
-                    mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
+                    list_once(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
                 }
             }
             None => {
                 for line in lines.into_iter().rev() {
-                    self.routing.queue.push_front(line);
+                    self.routing.push_front(line);
                 }
             }
         }
@@ -144,7 +240,7 @@ impl Server {
                 c.backend = Some(r);
                 if let Some(b) = self.backends.get_mut(r.key) {
                     write(&mut b.out, context.json());
-                    mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
+                    list_once(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
                 }
             }
             None => {
@@ -155,13 +251,30 @@ impl Server {
                 }
                 let mut line = Vec::with_capacity(128);
                 write(&mut line, context.json());
-                if self.routing.queue.len() >= self.config.queue_size {
-                    self.routing.queue.pop_front();
-                    self.event_dropped("event queue full (see --queue-size), oldest event dropped");
-                }
-                self.routing.queue.push_back(line);
+                self.queue_event(line);
             }
         }
+    }
+
+    /// Queues an event while no backend is connected, dropping the oldest
+    /// past `--queue-size` events or `--queue-bytes` bytes.
+    fn queue_event(&mut self, line: Vec<u8>) {
+        if line.len() > self.config.queue_bytes {
+            self.event_dropped("an event larger than --queue-bytes dropped");
+            return;
+        }
+        while self.routing.queue.len() >= self.config.queue_size
+            || self.routing.queue_bytes + line.len() > self.config.queue_bytes
+        {
+            if self.routing.pop_front().is_none() {
+                break;
+            }
+            self.event_dropped(
+                "event queue full (see --queue-size, --queue-bytes), oldest event dropped",
+            );
+        }
+        self.routing.queue_bytes += line.len();
+        self.routing.queue.push_back(line);
     }
 
     /// Counts a dropped event and says so at warn: at once for the first of
@@ -169,19 +282,11 @@ impl Server {
     /// log); `backend_joins` reports the rest when the outage ends.
     fn event_dropped(&mut self, what: &str) {
         self.stats.dropped_events += 1;
-        let routing = &mut self.routing;
-        routing.drops_unreported += 1;
-        let now = Instant::now();
-        if routing
-            .drops_warned_at
-            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
-        {
+        if let Some(unlogged) = self.routing.drops.hit(Instant::now()) {
             warn!(
-                "no backend connected: {what} ({} dropped so far)",
+                "no backend connected: {what} ({unlogged} more since the last warning, {} dropped so far)",
                 self.stats.dropped_events
             );
-            routing.drops_warned_at = Some(now);
-            routing.drops_unreported = 0;
         }
     }
 }

@@ -4,9 +4,8 @@ use std::io;
 
 use log::warn;
 
-/// Descriptors kept back from `--max-connections` for the listeners,
-/// backends and logging.
-const RESERVED_FDS: u64 = 64;
+/// Most descriptors kept back for backends beside the ones open at start.
+const BACKEND_RESERVE_MAX: u64 = 64;
 
 /// Raises the open-file soft limit to the hard limit (every connection is
 /// a descriptor, and many systems start processes with a soft limit of
@@ -42,15 +41,49 @@ fn fd_limit() -> Option<u64> {
     (ok && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
 }
 
-/// `--max-connections`, lowered (with a warning) to what the open-file
-/// limit allows after the reserve.
+/// Descriptors this process has open now (listeners, the poller, the
+/// signal pipe, standard streams), if /proc says.
+fn open_fds() -> Option<u64> {
+    std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|dir| dir.count() as u64)
+}
+
+/// How many of `limit` descriptors clients may take: the ones open now and
+/// a reserve for backends (an eighth of the limit, between 4 and 64) stay
+/// out, so a backend can connect while clients exhaust the rest.
+pub(super) fn client_share(limit: u64, open_now: u64) -> u64 {
+    let reserve = (limit / 8).clamp(4, BACKEND_RESERVE_MAX);
+    limit.saturating_sub(open_now + reserve).max(1)
+}
+
+/// `--max-connections`, lowered (with a warning) to the clients' share of
+/// the open-file limit.
 pub(super) fn connection_cap(max_connections: usize) -> usize {
-    match fd_limit() {
-        Some(fds) if fds.saturating_sub(RESERVED_FDS) < max_connections as u64 => {
-            let cap = fds.saturating_sub(RESERVED_FDS).max(1) as usize;
-            warn!("--max-connections {max_connections} lowered to {cap}: the open-file limit is {fds}");
-            cap
-        }
-        _ => max_connections,
+    let Some(fds) = fd_limit() else {
+        return max_connections;
+    };
+    let cap = client_share(fds, open_fds().unwrap_or(16));
+    if cap < max_connections as u64 {
+        warn!(
+            "--max-connections {max_connections} lowered to {cap}: the open-file limit is {fds}, \
+             with descriptors kept for the listeners and backends"
+        );
+        cap as usize
+    } else {
+        max_connections
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_get_most_descriptors_and_backends_keep_some() {
+        assert_eq!(client_share(64, 10), 64 - 10 - 8);
+        assert_eq!(client_share(20_000, 10), 20_000 - 10 - 64);
+        assert_eq!(client_share(16, 10), 2);
+        assert_eq!(client_share(8, 10), 1);
     }
 }

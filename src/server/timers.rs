@@ -20,7 +20,7 @@ use crate::backend;
 use crate::config::Config;
 
 use super::conn::{ConnRef, Ending, Phase};
-use super::{mark_dirty, Server};
+use super::{list_once, Server};
 
 /// Steps of the ping sweep per `--ping-interval`.
 const PING_SLICES: u32 = 16;
@@ -233,7 +233,7 @@ impl Server {
             for (key, b) in self.backends.iter_mut() {
                 if b.authenticated && !b.closing {
                     backend::push_heartbeat(&mut b.out);
-                    mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, key);
+                    list_once(&mut b.dirty, &mut self.turn.dirty_backends, key);
                 }
             }
         }

@@ -14,7 +14,7 @@ use crate::ws::handshake;
 
 use super::conn::{ConnRef, Ending, Phase};
 use super::timers::Wait;
-use super::{mark_dirty, Server};
+use super::{list_once, Server};
 
 impl Server {
     /// Bytes of a client still sending its request head; returns how many
@@ -62,9 +62,12 @@ impl Server {
 
     /// Sends `connection_request` to the next backend and parks the client.
     fn connection_request(&mut self, key: usize, request: handshake::UpgradeRequest) {
-        if let (Some(allowed), Some(origin)) = (&self.config.allowed_origins, &request.origin) {
+        if let (Some(allowed), Some(origin)) =
+            (&self.config.allowed_origins, request.origins.first())
+        {
             let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
-            if !allowed.contains(&origin) {
+            // A browser sends one Origin; several can only be forged.
+            if request.origins.len() > 1 || !allowed.contains(&origin) {
                 self.stats.rejected += 1;
                 debug!("upgrade from origin {origin} refused (see --allowed-origins)");
                 self.end_client(
@@ -80,8 +83,6 @@ impl Server {
         }
         let refusal = if self.timers.shutdown.is_some() {
             Some("server shutting down")
-        } else if self.clients.len() > self.max_connections {
-            Some("server at its connection limit (see --max-connections)")
         } else if self.pending.len() >= self.config.max_pending_requests {
             Some("too many connection requests waiting (see --max-pending-requests)")
         } else {
@@ -93,10 +94,14 @@ impl Server {
             self.end_client(key, Ending::unavailable(why));
             return;
         }
-        let Some(backend) = self.pick_backend() else {
-            self.stats.unavailable += 1;
-            self.end_client(key, Ending::unavailable("no backend connected"));
-            return;
+        let backend = match self.pick_backend_with_room() {
+            Ok(backend) => backend,
+            Err(none) => {
+                self.stats.unavailable += 1;
+                debug!("upgrade refused with 503: {}", none.reason());
+                self.end_client(key, Ending::unavailable(none.reason()));
+                return;
+            }
         };
         let (Some(c), Some(b)) = (
             self.clients.get_mut(key),
@@ -117,7 +122,7 @@ impl Server {
                 connection_id: &connection_id,
             },
         );
-        mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, backend.key);
+        list_once(&mut b.dirty, &mut self.turn.dirty_backends, backend.key);
         c.phase = Phase::Pending {
             url: request.url.into_boxed_str(),
             accept_key: request.accept_key.into_boxed_str(),
@@ -247,11 +252,11 @@ impl Server {
         });
         self.stats.accepted += 1;
         debug!("client {} accepted as {client_id} in {room_id}", c.peer);
-        mark_dirty(&mut c.dirty, &mut self.turn.dirty_clients, ckey);
+        list_once(&mut c.dirty, &mut self.turn.dirty_clients, ckey);
         self.route_client_event(ckey, backend::push_new_connection);
         // Frames the client sent right behind its request.
         self.consume_client_inbuf(ckey);
-        self.turn.read_again.push(ckey);
+        self.read_client_again(ckey);
     }
 
     /// A backend answered a request with something that cannot be used:
@@ -299,14 +304,14 @@ impl Server {
         self.stats.unavailable += 1;
         debug!("connection request from {peer} failed: {why}");
         self.end_client(key, Ending::unavailable(why));
-        if let Some(r) = self.pick_backend() {
+        if let Some(r) = self.pick_backend().filter(|r| self.may_reply(r.key)) {
             if let Some(b) = self.backends.get_mut(r.key) {
                 backend::push_client_error(
                     &mut b.out,
                     context.json(),
                     &format!("connection request from {peer} failed: {why}"),
                 );
-                mark_dirty(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
+                list_once(&mut b.dirty, &mut self.turn.dirty_backends, r.key);
             }
         }
     }

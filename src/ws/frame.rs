@@ -12,7 +12,7 @@
 
 use std::io::Cursor;
 
-use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::FrameHeader;
 
 /// Something a client sent.
@@ -135,6 +135,11 @@ impl FrameReader {
     }
 
     fn check_header(&self, header: &FrameHeader, len: u64) -> Result<(), FrameError> {
+        if len > i64::MAX as u64 {
+            return Err(FrameError::Protocol(
+                "64-bit payload length with its most significant bit set",
+            ));
+        }
         if header.rsv1 || header.rsv2 || header.rsv3 {
             return Err(FrameError::Protocol(
                 "reserved bits set without an extension",
@@ -252,6 +257,14 @@ fn check_utf8_prefix(partial: &mut Partial, is_final: bool) -> Result<(), FrameE
     Ok(())
 }
 
+/// Whether a peer may send `code` in a close frame: the codes RFC 6455 and
+/// the IANA registry define for the wire (1000-1003, 1007-1014), and the
+/// ranges for libraries and applications (3000-4999). 1004-1006 and 1015
+/// are reserved or for local use only.
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Status code and reason of a close frame payload.
 fn parse_close(payload: &[u8]) -> Result<(Option<u16>, &str), FrameError> {
     match payload.len() {
@@ -259,7 +272,7 @@ fn parse_close(payload: &[u8]) -> Result<(Option<u16>, &str), FrameError> {
         1 => Err(FrameError::Protocol("close frame with a 1-byte payload")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            if !CloseCode::from(code).is_allowed() || code < 1000 {
+            if !is_valid_close_code(code) {
                 return Err(FrameError::Protocol("invalid close code"));
             }
             let reason = std::str::from_utf8(&payload[2..]).map_err(|_| FrameError::InvalidUtf8)?;
@@ -408,6 +421,35 @@ mod tests {
         let mut r = FrameReader::new(8, 16);
         let mut buf = frame(0x88, &[0x03, 0xe8, b'o', b'k']);
         assert_eq!(collect(&mut r, &mut buf).1, ["close:Some(1000):ok"]);
+    }
+
+    #[test]
+    fn close_codes_follow_the_registry() {
+        for code in [1000u16, 1003, 1007, 1011, 1014, 3000, 4999] {
+            let mut r = FrameReader::new(8, 16);
+            let mut buf = frame(0x88, &code.to_be_bytes());
+            assert_eq!(
+                collect(&mut r, &mut buf).1,
+                [format!("close:Some({code}):")],
+                "{code}"
+            );
+        }
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            let mut r = FrameReader::new(8, 16);
+            let mut buf = frame(0x88, &code.to_be_bytes());
+            let e = collect(&mut r, &mut buf).0.unwrap_err();
+            assert_eq!(e.close_code(), 1002, "{code}");
+        }
+    }
+
+    #[test]
+    fn a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() {
+        let mut r = FrameReader::new(1 << 20, 16);
+        let mut buf = vec![0x82, 0x80 | 127];
+        buf.extend_from_slice(&(1u64 << 63 | 5).to_be_bytes());
+        buf.extend_from_slice(&[1, 2, 3, 4]);
+        let e = collect(&mut r, &mut buf).0.unwrap_err();
+        assert_eq!(e.close_code(), 1002);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 
 use std::fmt::Write as _;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use tungstenite::handshake::derive_accept_key;
 
 use crate::json;
@@ -28,8 +30,8 @@ pub struct UpgradeRequest {
     pub protocols: String,
     /// `{"Name":["value",...],...}` in request order.
     pub headers_json: Vec<u8>,
-    /// The `Origin` header, if any.
-    pub origin: Option<String>,
+    /// The values of the `Origin` headers (a browser sends one).
+    pub origins: Vec<String>,
 }
 
 /// Why an upgrade request was refused before reaching a backend.
@@ -107,23 +109,32 @@ pub fn parse(
     if !has_token("connection", "upgrade") {
         return Err(HandshakeError::BadRequest("missing 'Connection: Upgrade'"));
     }
-    let Some(key) = header("sec-websocket-key").next() else {
-        return Err(HandshakeError::BadRequest("missing Sec-WebSocket-Key"));
+    if header("host").next().is_none() {
+        return Err(HandshakeError::BadRequest("missing Host header"));
+    }
+    let mut keys = header("sec-websocket-key");
+    let (Some(key), None) = (keys.next(), keys.next()) else {
+        return Err(HandshakeError::BadRequest(
+            "exactly one Sec-WebSocket-Key header is required",
+        ));
     };
     let key = key.trim();
-    if key.is_empty() {
-        return Err(HandshakeError::BadRequest("empty Sec-WebSocket-Key"));
+    // RFC 6455 4.2.1: the base64 encoding of 16 bytes.
+    if BASE64.decode(key).map(|k| k.len()) != Ok(16) {
+        return Err(HandshakeError::BadRequest(
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
     }
     if !header("sec-websocket-version").any(|v| v.trim() == "13") {
         return Err(HandshakeError::BadVersion);
     }
-    let target = req.path.unwrap_or("/");
+    let target = origin_form(req.path.unwrap_or("/"));
     let target = target.split('#').next().unwrap_or(target);
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let url = percent_encoding::percent_decode_str(path)
         .decode_utf8()
         .map_or_else(|_| path.to_owned(), |p| p.into_owned());
-    let origin = header("origin").next().map(|o| o.into_owned());
+    let origins = header("origin").map(|o| o.into_owned()).collect();
     let protocols = header("sec-websocket-protocol")
         .collect::<Vec<_>>()
         .join(",");
@@ -133,9 +144,31 @@ pub fn parse(
         query: query.to_owned(),
         protocols,
         headers_json: headers_json(all_headers),
-        origin,
+        origins,
     };
     Ok(Some((request, head_len)))
+}
+
+/// The path-and-query part of a request target: an absolute-form target
+/// (`http://host:port/path?q`, RFC 9112 3.2.2) yields `/path?q`.
+fn origin_form(target: &str) -> &str {
+    let scheme_len = ["http://", "https://", "ws://", "wss://"]
+        .iter()
+        .find(|s| {
+            target
+                .get(..s.len())
+                .is_some_and(|t| t.eq_ignore_ascii_case(s))
+        })
+        .map(|s| s.len());
+    let Some(scheme_len) = scheme_len else {
+        return target;
+    };
+    let rest = &target[scheme_len..];
+    match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => &rest[i..],
+        // No path: the path is "/", and any query follows it.
+        Some(_) | None => "/",
+    }
 }
 
 /// The refusal for a request head still incomplete after `len` bytes.
@@ -282,6 +315,55 @@ mod tests {
         assert!(reply.contains("\r\nSec-WebSocket-Protocol: json\r\n\r\n"));
         assert_eq!(reason_phrase(401), "Unauthorized");
         assert_eq!(reason_phrase(499), "Unknown");
+    }
+
+    #[test]
+    fn strict_upgrade_requests() {
+        let refused = |req: &str| {
+            matches!(
+                parse(req.as_bytes(), 64),
+                Err(HandshakeError::BadRequest(_))
+            )
+        };
+        assert!(
+            refused(&GOOD.replace("Host: a\r\n", "")),
+            "Host is required"
+        );
+        assert!(refused(&GOOD.replace(
+            "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n",
+            "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+        )), "one key");
+        for bad in [
+            "abc",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZXg=",
+            "!!!!!!!!!!!!!!!!!!!!!!==",
+        ] {
+            assert!(
+                refused(&GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", bad)),
+                "{bad}"
+            );
+        }
+        let two_origins = GOOD.replace(
+            "X-Tag: a",
+            "Origin: https://a.example\r\nOrigin: https://b.example",
+        );
+        let (req, _) = parse(two_origins.as_bytes(), 64).unwrap().unwrap();
+        assert_eq!(req.origins, ["https://a.example", "https://b.example"]);
+        for (target, url, query) in [
+            ("http://example.com/ws/r?x=1", "/ws/r", "x=1"),
+            ("HTTP://example.com:8080/a%20b", "/a b", ""),
+            ("ws://h?q=2", "/", ""),
+            ("https://h", "/", ""),
+        ] {
+            let req = GOOD.replace("/ws/room%201?token=x", target);
+            let (req, _) = parse(req.as_bytes(), 64).unwrap().unwrap();
+            assert_eq!(
+                (req.url.as_str(), req.query.as_str()),
+                (url, query),
+                "{target}"
+            );
+        }
     }
 
     #[test]

@@ -126,6 +126,7 @@ impl Broker {
             ("--host", "127.0.0.1"),
             ("--ws-port", "0"),
             ("--tcp-port", "0"),
+            ("--admin-port", "0"),
             ("--log-level", "debug"),
         ] {
             if !flags.contains(&flag) {

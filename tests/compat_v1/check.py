@@ -82,7 +82,7 @@ def check(condition: bool, what: str) -> None:
 
 def start_broker(binary: str) -> Tuple[subprocess.Popen, str, int]:
     proc = subprocess.Popen(
-        [binary, "--host", "127.0.0.1", "--ws-port", "0", "--tcp-port", "0",
+        [binary, "--host", "127.0.0.1", "--ws-port", "0", "--tcp-port", "0", "--admin-port", "0",
          "--connect-timeout", "3", "--log-level", "info"],
         stderr=subprocess.PIPE, text=True,
     )
