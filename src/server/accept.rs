@@ -23,20 +23,22 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// Which listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Listener {
+pub(super) enum Listener {
     WebSocket,
     Backend,
+    Admin,
 }
 
 impl Server {
     /// Accepts the next connection on a listener: `None` when there is none
     /// (or accepting must pause, in which case a retry is scheduled).
     /// Sockets get TCP_NODELAY: the loop already batches its writes per turn.
-    fn accept_next(&mut self, which: Listener) -> Option<(TcpStream, SocketAddr)> {
+    pub(super) fn accept_next(&mut self, which: Listener) -> Option<(TcpStream, SocketAddr)> {
         loop {
             let listener = match which {
                 Listener::WebSocket => self.ws_listener.as_ref(),
                 Listener::Backend => self.backend_listener.as_ref(),
+                Listener::Admin => self.admin_listener.as_ref(),
             }?;
             match listener.accept() {
                 Ok((sock, peer)) => {

@@ -69,6 +69,7 @@ impl Server {
                 }
             };
             budget = budget.saturating_sub(n);
+            self.stats.backend_bytes_in += n as u64;
             if b.inbuf.is_empty() {
                 // Common case: whole lines in this read; only a partial
                 // last line is copied into the backend's own buffer.
@@ -146,6 +147,7 @@ impl Server {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            self.stats.backend_lines_in += 1;
             parser.parse(line, |line| self.backend_line(key, line));
         }
         self.line_parser = parser;
@@ -303,7 +305,10 @@ impl Server {
             }
             while b.out_pos < b.out.len() {
                 match SocketResult::of_write(b.sock.write(&b.out[b.out_pos..])) {
-                    SocketResult::Done(n) => b.out_pos += n,
+                    SocketResult::Done(n) => {
+                        b.out_pos += n;
+                        self.stats.backend_bytes_out += n as u64;
+                    }
                     SocketResult::WouldBlock => {
                         b.ready.writable = false;
                         break;

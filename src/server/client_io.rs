@@ -209,10 +209,14 @@ impl Server {
         }
         match event {
             Event::Text(text) => {
+                self.stats.client_messages_in += 1;
+                self.stats.client_bytes_in += text.len() as u64;
                 self.route_client_event(key, |out, ctx| backend::push_new_message(out, text, ctx));
                 true
             }
             Event::Binary(bytes) => {
+                self.stats.client_messages_in += 1;
+                self.stats.client_bytes_in += bytes.len() as u64;
                 self.route_client_event(key, |out, ctx| {
                     backend::push_new_binary_message(out, bytes, ctx)
                 });
@@ -246,7 +250,10 @@ impl Server {
             };
             c.dirty = false;
             if c.ready.writable {
-                match c.outq.flush(&mut c.sock) {
+                let queued = c.outq.bytes();
+                let flushed = c.outq.flush(&mut c.sock);
+                self.stats.client_bytes_out += (queued - c.outq.bytes()) as u64;
+                match flushed {
                     Ok(Flushed::All) => {
                         if let Phase::Closing { await_peer: false } = c.phase {
                             self.turn.dead_clients.push(key);
@@ -282,7 +289,9 @@ impl Server {
                 c.peer,
                 c.outq.bytes()
             );
+            let cost = c.outq.cost();
             c.outq.discard_unstarted();
+            self.sys.freed(cost - c.outq.cost());
         }
         self.end_client(key, Ending::close(1008, "slow consumer"));
     }

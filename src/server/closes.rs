@@ -191,11 +191,14 @@ impl Server {
         for key in std::mem::take(&mut self.turn.dead_clients) {
             if let Some(mut c) = self.clients.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut c.sock);
+                self.sys
+                    .freed(c.outq.cost() + c.inbuf.capacity() + c.reader.buffered());
             }
         }
         for key in std::mem::take(&mut self.turn.dead_backends) {
             if let Some(mut b) = self.backends.try_remove(key) {
                 let _ = self.poll.registry().deregister(&mut b.sock);
+                self.sys.freed(b.out.capacity() + b.inbuf.capacity());
             }
         }
     }

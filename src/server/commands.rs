@@ -135,6 +135,8 @@ impl Server {
             list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
             reached += 1;
         }
+        self.stats.deliveries += reached as u64;
+        self.stats.delivered_bytes += (reached * frame.len()) as u64;
         reached
     }
 

@@ -33,11 +33,13 @@
 //! - An error on a connection ends that connection only.
 
 mod accept;
+mod admin;
 mod backend_io;
 mod client_io;
 mod closes;
 mod commands;
 mod conn;
+mod metrics;
 mod routing;
 mod stats;
 mod sys;
@@ -99,10 +101,14 @@ enum Endpoint {
     BackendListener,
     /// The signal pipe (SIGINT, SIGTERM).
     Signals,
+    /// The admin listener.
+    AdminListener,
     /// A WebSocket client, by slab key.
     Client(usize),
     /// A backend, by slab key.
     Backend(usize),
+    /// An admin (monitoring) connection, by slab key.
+    Admin(usize),
 }
 
 /// Bits of a token that say which kind of endpoint it names.
@@ -111,6 +117,7 @@ const KIND_MASK: usize = (1 << KIND_BITS) - 1;
 const KIND_FIXED: usize = 0;
 const KIND_CLIENT: usize = 1;
 const KIND_BACKEND: usize = 2;
+const KIND_ADMIN: usize = 3;
 
 impl Endpoint {
     /// The poll token of this endpoint.
@@ -119,8 +126,10 @@ impl Endpoint {
             Endpoint::WsListener => (KIND_FIXED, 0),
             Endpoint::BackendListener => (KIND_FIXED, 1),
             Endpoint::Signals => (KIND_FIXED, 2),
+            Endpoint::AdminListener => (KIND_FIXED, 3),
             Endpoint::Client(key) => (KIND_CLIENT, key),
             Endpoint::Backend(key) => (KIND_BACKEND, key),
+            Endpoint::Admin(key) => (KIND_ADMIN, key),
         };
         Token(key << KIND_BITS | kind)
     }
@@ -132,8 +141,10 @@ impl Endpoint {
             (KIND_FIXED, 0) => Some(Endpoint::WsListener),
             (KIND_FIXED, 1) => Some(Endpoint::BackendListener),
             (KIND_FIXED, 2) => Some(Endpoint::Signals),
+            (KIND_FIXED, 3) => Some(Endpoint::AdminListener),
             (KIND_CLIENT, key) => Some(Endpoint::Client(key)),
             (KIND_BACKEND, key) => Some(Endpoint::Backend(key)),
+            (KIND_ADMIN, key) => Some(Endpoint::Admin(key)),
             _ => None,
         }
     }
@@ -157,6 +168,7 @@ struct Turn {
     /// Keys to remove from the slabs at the end of the turn.
     dead_clients: Vec<usize>,
     dead_backends: Vec<usize>,
+    dead_admins: Vec<usize>,
 }
 
 impl Turn {
@@ -186,6 +198,9 @@ pub struct Server {
     backend_listener: Option<TcpListener>,
     ws_addr: SocketAddr,
     backend_addr: SocketAddr,
+    admin_listener: Option<TcpListener>,
+    admin_addr: Option<SocketAddr>,
+    admins: Slab<admin::AdminConn>,
     signals: Signals,
     clients: Slab<Client>,
     backends: Slab<Backend>,
@@ -213,6 +228,9 @@ pub struct Server {
     /// The ping frame every client gets, encoded once.
     ping_frame: Shared,
     stats: Stats,
+    turn_times: stats::TurnTimes,
+    started: Instant,
+    sys: sys::MemoryReturn,
 }
 
 fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, StartError> {
@@ -237,6 +255,11 @@ impl Server {
         };
         let ws_addr = local(&ws_listener)?;
         let backend_addr = local(&backend_listener)?;
+        let mut admin_listener = config
+            .admin
+            .map(|addr| bind(addr, "--admin-port"))
+            .transpose()?;
+        let admin_addr = admin_listener.as_ref().map(local).transpose()?;
         let mut signals = Signals::new([SIGINT, SIGTERM])
             .map_err(|e| StartError(format!("cannot install signal handlers: {e}")))?;
         let registry = poll.registry();
@@ -259,6 +282,15 @@ impl Server {
         registry
             .register(&mut signals, Endpoint::Signals.token(), Interest::READABLE)
             .map_err(register_err)?;
+        if let Some(listener) = admin_listener.as_mut() {
+            registry
+                .register(
+                    listener,
+                    Endpoint::AdminListener.token(),
+                    Interest::READABLE,
+                )
+                .map_err(register_err)?;
+        }
         let max_connections = sys::connection_cap(config.max_connections);
         if config.backend_token.is_none() && !config.backend_host.is_loopback() {
             warn!(
@@ -279,6 +311,9 @@ impl Server {
             backend_listener: Some(backend_listener),
             ws_addr,
             backend_addr,
+            admin_listener,
+            admin_addr,
+            admins: Slab::new(),
             signals,
             clients: Slab::new(),
             backends: Slab::new(),
@@ -293,6 +328,9 @@ impl Server {
             line_parser: LineParser::new(),
             ping_frame: encode::ping(b""),
             stats: Stats::default(),
+            turn_times: stats::TurnTimes::default(),
+            started: Instant::now(),
+            sys: sys::MemoryReturn::default(),
         })
     }
 
@@ -306,13 +344,24 @@ impl Server {
         self.backend_addr
     }
 
+    /// The bound admin address, when the admin listener is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// Serves until SIGINT or SIGTERM, then drains and returns the counters.
     /// Only a failure of the poller itself is an error.
     pub fn run(mut self) -> io::Result<Stats> {
-        info!(
-            "listening websocket={} backend={}",
-            self.ws_addr, self.backend_addr
-        );
+        match self.admin_addr {
+            Some(admin) => info!(
+                "listening websocket={} backend={} admin={admin}",
+                self.ws_addr, self.backend_addr
+            ),
+            None => info!(
+                "listening websocket={} backend={}",
+                self.ws_addr, self.backend_addr
+            ),
+        }
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -322,18 +371,22 @@ impl Server {
                 }
                 return Err(e);
             }
+            let turn_start = Instant::now();
             for event in events.iter() {
                 let signal = Signal::from(event);
                 match Endpoint::of(event.token()) {
                     Some(Endpoint::WsListener) => self.accept_clients(),
                     Some(Endpoint::BackendListener) => self.accept_backends(),
                     Some(Endpoint::Signals) => self.on_signal(),
+                    Some(Endpoint::AdminListener) => self.accept_admins(),
                     Some(Endpoint::Client(key)) => self.client_event(key, signal),
                     Some(Endpoint::Backend(key)) => self.backend_event(key, signal),
+                    Some(Endpoint::Admin(key)) => self.admin_event(key, signal),
                     None => {}
                 }
             }
             self.end_turn();
+            self.turn_times.record(turn_start.elapsed().as_secs_f64());
             if let Some(deadline) = self.timers.shutdown {
                 let drained =
                     self.clients.is_empty() && self.backends.iter().all(|(_, b)| b.unsent() == 0);
@@ -371,6 +424,8 @@ impl Server {
         self.flush_clients();
         self.finish_endings();
         self.reap();
+        self.reap_admins();
+        self.sys.give_back(Instant::now());
     }
 
     fn poll_timeout(&self) -> Option<Duration> {
@@ -405,6 +460,8 @@ mod tests {
             Endpoint::WsListener,
             Endpoint::BackendListener,
             Endpoint::Signals,
+            Endpoint::AdminListener,
+            Endpoint::Admin(9),
             Endpoint::Client(0),
             Endpoint::Client(12345),
             Endpoint::Backend(0),
@@ -416,7 +473,7 @@ mod tests {
         let tokens: std::collections::HashSet<usize> =
             endpoints.iter().map(|e| e.token().0).collect();
         assert_eq!(tokens.len(), endpoints.len());
-        assert_eq!(Endpoint::of(Token(3 << KIND_BITS)), None);
+        assert_eq!(Endpoint::of(Token(4 << KIND_BITS)), None);
         assert_eq!(Endpoint::of(Token(KIND_MASK)), None);
     }
 }

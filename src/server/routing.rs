@@ -19,7 +19,7 @@ use super::stats::LogLimit;
 use super::{list_once, Server};
 
 /// The routing table and the no-backend queue.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Routing {
     /// Backends that take events, in round-robin order.
     live: Vec<usize>,
@@ -32,9 +32,31 @@ pub(super) struct Routing {
     drops: LogLimit,
     /// Warnings about replies dropped for a backend that is behind.
     dropped_replies: LogLimit,
+    /// Since when no backend that takes events is connected (`None` while
+    /// one is).
+    empty_since: Option<Instant>,
+}
+
+impl Default for Routing {
+    fn default() -> Routing {
+        Routing {
+            live: Vec::new(),
+            next: 0,
+            queue: VecDeque::new(),
+            queue_bytes: 0,
+            drops: LogLimit::default(),
+            dropped_replies: LogLimit::default(),
+            empty_since: Some(Instant::now()),
+        }
+    }
 }
 
 impl Routing {
+    /// Since when no backend that takes events is connected.
+    pub fn empty_since(&self) -> Option<Instant> {
+        self.empty_since
+    }
+
     /// The next backend in round-robin order.
     pub fn pick(&mut self) -> Option<usize> {
         if self.live.is_empty() {
@@ -48,6 +70,9 @@ impl Routing {
     /// Takes backend `key` out of the rotation.
     pub fn remove(&mut self, key: usize) {
         self.live.retain(|&k| k != key);
+        if self.live.is_empty() && self.empty_since.is_none() {
+            self.empty_since = Some(Instant::now());
+        }
     }
 
     /// How many backends take events.
@@ -56,7 +81,6 @@ impl Routing {
     }
 
     /// Events and bytes waiting for a backend.
-    #[allow(dead_code)] // read by the metrics
     pub fn queued(&self) -> (usize, usize) {
         (self.queue.len(), self.queue_bytes)
     }
@@ -177,6 +201,7 @@ impl Server {
             );
         }
         routing.live.push(key);
+        routing.empty_since = None;
         list_once(&mut b.dirty, &mut self.turn.dirty_backends, key);
         info!(
             "backend {} connected ({} connected); {flushed} queued events sent to it",
@@ -235,6 +260,7 @@ impl Server {
         let Some(context) = c.context.as_ref() else {
             return;
         };
+        self.stats.backend_events_out += 1;
         match target {
             Some(r) => {
                 c.backend = Some(r);

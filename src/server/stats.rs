@@ -30,6 +30,24 @@ pub struct Stats {
     /// Backends refused: bad or missing auth, too many waiting to
     /// authenticate, an auth line too long.
     pub refused_backends: u64,
+    /// Messages (text and binary) clients sent, and their payload bytes.
+    pub client_messages_in: u64,
+    /// Payload bytes of those messages.
+    pub client_bytes_in: u64,
+    /// Bytes written to clients (frames, handshake replies).
+    pub client_bytes_out: u64,
+    /// Messages queued on clients by fan-out (one per delivery).
+    pub deliveries: u64,
+    /// Frame bytes of those deliveries.
+    pub delivered_bytes: u64,
+    /// Lines backends sent.
+    pub backend_lines_in: u64,
+    /// Bytes backends sent.
+    pub backend_bytes_in: u64,
+    /// Client events written for backends (or queued for one).
+    pub backend_events_out: u64,
+    /// Bytes written to backends.
+    pub backend_bytes_out: u64,
 }
 
 impl std::fmt::Display for Stats {
@@ -85,6 +103,47 @@ impl LogLimit {
     }
 }
 
+/// Upper bounds, in seconds, of the buckets of the turn-duration histogram.
+pub(super) const TURN_BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
+];
+
+/// How long the loop's turns took (from the end of `poll` to the end of
+/// the turn's work), as a histogram: one increment per turn, nothing else.
+#[derive(Debug, Default, Clone)]
+pub(super) struct TurnTimes {
+    /// Turns that took at most `TURN_BUCKETS[i]` but more than the bound
+    /// before (the last slot: longer than every bound).
+    pub counts: [u64; TURN_BUCKETS.len() + 1],
+    /// Seconds in all.
+    pub sum: f64,
+}
+
+impl TurnTimes {
+    /// Records one turn.
+    pub fn record(&mut self, seconds: f64) {
+        let i = TURN_BUCKETS.partition_point(|&bound| bound < seconds);
+        self.counts[i] += 1;
+        self.sum += seconds;
+    }
+
+    /// Turns recorded.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The count of each bucket by its upper bound (not cumulative: the
+    /// encoder adds them up), the last bound infinite.
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        TURN_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.counts)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +160,21 @@ mod tests {
         assert_eq!(limit.hit(t0 + Duration::from_millis(1100)), None);
         assert_eq!(limit.end(), 1);
         assert_eq!(limit.hit(t0 + Duration::from_millis(1200)), Some(0));
+    }
+
+    #[test]
+    fn turn_times_fall_in_their_buckets() {
+        let mut t = TurnTimes::default();
+        t.record(0.000_005);
+        t.record(0.000_01);
+        t.record(0.002);
+        t.record(9.0);
+        assert_eq!(t.count(), 4);
+        let b = t.buckets();
+        assert_eq!(b.len(), TURN_BUCKETS.len() + 1);
+        assert_eq!(b[0], (0.000_01, 2));
+        assert_eq!(b[5], (0.005, 1));
+        assert_eq!(b.last().copied(), Some((f64::INFINITY, 1)));
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 4);
     }
 }

@@ -1,6 +1,8 @@
-//! The process's descriptor limits: every connection is a file descriptor.
+//! The process's resources: descriptor limits (every connection is a file
+//! descriptor), and giving memory back to the system after a burst.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use log::warn;
 
@@ -74,6 +76,54 @@ pub(super) fn connection_cap(max_connections: usize) -> usize {
         max_connections
     }
 }
+
+/// Freed memory worth asking the allocator to give back.
+const GIVE_BACK_AFTER: usize = 1 << 20;
+/// Most often it is asked.
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
+
+/// Returns freed memory to the system. glibc's allocator keeps memory it
+/// was given back in its arenas, so a burst (a client that queued
+/// megabytes, thousands of closed connections) would stay resident after
+/// it passed; once enough was freed, at most once a second, the broker
+/// asks it to return what it holds unused (`malloc_trim`).
+#[derive(Debug, Default)]
+pub(super) struct MemoryReturn {
+    freed: usize,
+    last: Option<Instant>,
+}
+
+impl MemoryReturn {
+    /// `bytes` of buffers were freed.
+    pub fn freed(&mut self, bytes: usize) {
+        self.freed += bytes;
+    }
+
+    /// At the end of a turn: gives memory back if enough was freed.
+    pub fn give_back(&mut self, now: Instant) {
+        if self.freed < GIVE_BACK_AFTER
+            || self
+                .last
+                .is_some_and(|at| now.duration_since(at) < GIVE_BACK_EVERY)
+        {
+            return;
+        }
+        self.freed = 0;
+        self.last = Some(now);
+        trim();
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim() {}
 
 #[cfg(test)]
 mod tests {

@@ -93,6 +93,8 @@ pub(super) struct Timers {
     pub pong: Deadlines<ConnRef>,
     /// For a closing client to finish.
     pub close: Deadlines<ConnRef>,
+    /// For an admin connection's request (and reply) to be done.
+    pub admin: Deadlines<ConnRef>,
     /// Next step of the ping sweep.
     next_ping_sweep: Instant,
     ping_step: Duration,
@@ -114,6 +116,7 @@ impl Timers {
             auth: Deadlines::new(config.connect_timeout),
             pong: Deadlines::new(config.ping_timeout),
             close: Deadlines::new(config.close_timeout),
+            admin: Deadlines::new(config.connect_timeout),
             next_ping_sweep: now + ping_step,
             ping_step,
             ping_cursor: 0,
@@ -131,6 +134,7 @@ impl Timers {
             self.auth.next(),
             self.pong.next(),
             self.close.next(),
+            self.admin.next(),
             Some(self.next_ping_sweep),
             self.shutdown,
             self.accept_retry,
@@ -148,6 +152,10 @@ impl Server {
             self.timers.accept_retry = None;
             self.accept_clients();
             self.accept_backends();
+            self.accept_admins();
+        }
+        while let Some(r) = self.timers.admin.pop_due(now) {
+            self.admin_timed_out(r);
         }
         while let Some((r, wait)) = self.timers.connect.pop_due(now) {
             let Some(c) = self
@@ -273,6 +281,7 @@ impl Server {
         self.timers.connect.shrink_idle();
         self.timers.close.shrink_idle();
         self.timers.auth.shrink_idle();
+        self.timers.admin.shrink_idle();
     }
 
     /// SIGINT or SIGTERM: stop accepting, close every client (1001 to the

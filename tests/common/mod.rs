@@ -96,6 +96,8 @@ pub struct Broker {
     pub ws: SocketAddr,
     /// Where backends connect.
     pub backend: SocketAddr,
+    /// The admin listener, when it is on (see [`Broker::start_with_admin`]).
+    pub admin: Option<SocketAddr>,
     log: Arc<Log>,
     exit: Option<ExitStatus>,
 }
@@ -151,6 +153,7 @@ impl Broker {
             child,
             ws: "0.0.0.0:0".parse().unwrap(),
             backend: "0.0.0.0:0".parse().unwrap(),
+            admin: None,
             log,
             exit: None,
         };
@@ -159,7 +162,39 @@ impl Broker {
         });
         broker.ws = addr_after(&line, "websocket=");
         broker.backend = addr_after(&line, "backend=");
+        if line.contains("admin=") {
+            broker.admin = Some(addr_after(&line, "admin="));
+        }
         broker
+    }
+
+    /// [`Broker::start`] with the admin listener on a free loopback port
+    /// (`--admin-port 0` turns it off, so a port is picked here: bound by
+    /// the test, released, and given to the broker).
+    pub fn start_with_admin(flags: &[&str]) -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free loopback port")
+            .port()
+            .to_string();
+        let mut all = vec!["--admin-port", port.as_str()];
+        all.extend_from_slice(flags);
+        let broker = Broker::start(&all);
+        assert!(broker.admin.is_some(), "the admin listener is not on");
+        broker
+    }
+
+    /// `GET path` on the admin listener: the status and the body.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let admin = self.admin.expect("the admin listener is on");
+        let mut stream = raw_connect(admin);
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        let reply = String::from_utf8(read_to_eof(&mut stream)).expect("a UTF-8 reply");
+        let (head, body) = reply
+            .split_once("\r\n\r\n")
+            .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"));
+        (status_of(head), body.to_owned())
     }
 
     /// The WebSocket URL of `path` (which starts with `/`).
