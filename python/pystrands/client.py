@@ -48,8 +48,8 @@ batch (or once 64 KiB are pending): many messages, one system call. A handler
 that sends and then blocks for long can call :meth:`PyStrandsClient.flush`
 first. Lines sent from any other thread are written before the send method
 returns. A request made from a handler is flushed, with everything sent
-before it, before the wait. Sending while not connected (before ``connect()``, after
-``disconnect()``, or while reconnecting) raises
+before it, before the wait. Sending while not connected (before
+``connect()``, after ``disconnect()``, or while reconnecting) raises
 :class:`~pystrands.errors.NotConnectedError`.
 
 Reconnecting

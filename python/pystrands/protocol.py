@@ -278,7 +278,7 @@ def decode_new_message(line: str) -> Optional[Tuple[str, Context]]:
     context_text = line[end + _CONTEXT_START : -2]
     known = _context_cache.get(context_text)
     if known is not None:
-        return message, Context(known[0], known[1], {}, known[2], list(known[3]))
+        return message, Context(known[0], known[1], {}, known[2], [*known[3]])
     try:
         c, c_end = _scan_once(context_text, 0)
     except (StopIteration, ValueError):

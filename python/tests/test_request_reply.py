@@ -74,22 +74,15 @@ def test_sync_error_reply_raises_broker_error(broker, clients):
 
 def test_async_and_app_error_replies_raise_broker_error(broker):
     async def main():
-        client = AsyncPyStrandsClient("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
-        assert await client.connect()
-        try:
-            with pytest.raises(BrokerError) as info:
-                await client._issue(refused(client))
-            check_refusal(info.value)
-        finally:
-            await client.disconnect()
-        app = PyStrands("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
-        assert await app.connect()
-        try:
-            with pytest.raises(BrokerError) as info:
-                await app._issue(refused(app))
-            check_refusal(info.value)
-        finally:
-            await app.disconnect()
+        for kind in (AsyncPyStrandsClient, PyStrands):
+            api = kind("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
+            assert await api.connect()
+            try:
+                with pytest.raises(BrokerError) as info:
+                    await api._issue(refused(api))
+                check_refusal(info.value)
+            finally:
+                await api.disconnect()
 
     run(main())
 
