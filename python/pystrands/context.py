@@ -139,7 +139,8 @@ class ConnectionRequestContext:
       a fresh UUID4 ``client_id``, ``room_id`` equal to ``url``, empty metadata
     - ``accepted``: the decision, ``True`` unless the handler changes it
     - ``rooms``: more rooms to join at accept, besides ``context.room_id``
-      (:meth:`join` adds to it)
+      (:meth:`join` adds to it; ``context.rooms`` is not read here: the
+      broker fills it in the events)
 
     :meth:`select_subprotocol` picks one of the :attr:`subprotocols` the client
     offered; :meth:`reject` refuses with an HTTP status and a reason.
