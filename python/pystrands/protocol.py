@@ -106,6 +106,15 @@ __all__ = [
     "PRESENCE_STATS",
     "ACK",
     "MAX_CLOSE_REASON_BYTES",
+    "parse_reply",
+    "check_text",
+    "check_reply_timeout",
+    "check_close_code",
+    "check_close_reason",
+    "message_params",
+    "id_list",
+    "target_params",
+    "connection_request_from_event",
 ]
 
 # Broker -> backend actions.
