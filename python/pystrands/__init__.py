@@ -9,8 +9,11 @@ receives.
 - :class:`PyStrandsClient`: threaded client, subclass and override ``on_*``.
 - :class:`AsyncPyStrandsClient`: the same on asyncio.
 - :class:`PyStrands`: decorator API on top of the asyncio client.
-- :class:`Context`, :class:`ConnectionRequestContext`: what handlers receive.
-- :mod:`pystrands.protocol`: the wire protocol, without I/O.
+- :class:`Publisher`, :class:`AsyncPublisher`: send-only connections, for
+  code that is not the backend (a web view, a cron job).
+- :class:`Context`, :class:`ConnectionRequestContext`: what handlers receive;
+  :class:`PresenceEntry`, :class:`PresenceStats`: what presence queries return.
+- :mod:`pystrands.protocol`: the wire protocol and the dispatch core, without I/O.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from . import context, errors, protocol
 from .app import PyStrands
 from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
-from .context import ConnectionRequestContext, Context
+from .context import ConnectionRequestContext, Context, PresenceEntry, PresenceStats
 from .errors import (
+    BrokerError,
     NotConnectedError,
     ProtocolError,
     PyStrandsConnectionError,
     PyStrandsError,
+    ReplyTimeoutError,
     ServerBinaryNotFoundError,
 )
+from .publisher import AsyncPublisher, Publisher
 
 
 def _version() -> str:
@@ -46,12 +52,18 @@ __all__ = [
     "PyStrandsClient",
     "AsyncPyStrandsClient",
     "PyStrands",
+    "Publisher",
+    "AsyncPublisher",
     "Context",
     "ConnectionRequestContext",
+    "PresenceEntry",
+    "PresenceStats",
     "PyStrandsError",
     "PyStrandsConnectionError",
     "NotConnectedError",
     "ProtocolError",
+    "ReplyTimeoutError",
+    "BrokerError",
     "ServerBinaryNotFoundError",
     "context",
     "errors",

@@ -22,43 +22,38 @@ on :class:`~pystrands.async_client.AsyncPyStrandsClient` (same task model:
 connection requests answered at once, other events in order by one consumer
 task), available as ``app.client``.
 
-The send methods write at once (into the buffer flushed on the next loop
-iteration) and return an awaitable, so both ``app.broadcast("hi")`` and
-``await app.broadcast("hi")`` send; awaiting also waits out back-pressure.
-They are not coroutines: pass them to ``await`` or ``asyncio.gather``, not to
-``asyncio.create_task``. Call them from the event loop's thread.
+The send, room and presence methods (:class:`~pystrands.commands.Commands`)
+write at once (into the buffer flushed on the next loop iteration) and
+return an awaitable, so both ``app.broadcast("hi")`` and
+``await app.broadcast("hi")`` send; awaiting also waits out back-pressure,
+and gives the result of ``presence``, ``presence_stats`` and ``ack=True``
+calls (``await app.presence("lobby")``). They are not coroutines: pass them
+to ``await`` or ``asyncio.gather``, not to ``asyncio.create_task``. Call them
+from the event loop's thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Generator, Optional, TypeVar, overload
+from typing import Any, Awaitable, Callable, List, Optional, TypeVar, overload
 
 from .async_client import AsyncPyStrandsClient
-from . import protocol
-from .protocol import Message
+from .commands import Commands
+from .context import PresenceEntry, PresenceStats
+from .protocol import Outgoing
 
 __all__ = ["PyStrands"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class _Sent:
-    """Awaitable returned by the app's send methods when nothing needs waiting."""
-
-    __slots__ = ()
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())  # type: ignore[return-value]
-
-    def __repr__(self) -> str:
-        return "<pystrands: sent>"
-
-
-_SENT = _Sent()
-
-
-class PyStrands:
+class PyStrands(
+    Commands[
+        Awaitable[Optional[int]],
+        Awaitable[List[PresenceEntry]],
+        Awaitable[PresenceStats],
+    ]
+):
     """A backend application assembled from decorated handler functions."""
 
     def __init__(
@@ -71,6 +66,7 @@ class PyStrands:
         reconnect_backoff: float = 2.0,
         *,
         token: Optional[str] = None,
+        reply_timeout: float = 5.0,
     ) -> None:
         #: The underlying asyncio client; handlers are installed on it.
         self.client = AsyncPyStrandsClient(
@@ -81,7 +77,9 @@ class PyStrands:
             max_reconnect_delay=max_reconnect_delay,
             reconnect_backoff=reconnect_backoff,
             token=token,
+            reply_timeout=reply_timeout,
         )
+        self._core = self.client._core
 
     # ------------------------------------------------------------------ decorators
 
@@ -139,31 +137,10 @@ class PyStrands:
 
     # ------------------------------------------------------------------ sending
 
-    def _sent(self) -> Awaitable[None]:
-        conn = self.client._conn
-        if conn is not None and conn.write_paused:
-            return asyncio.ensure_future(self.client._drain())
-        return _SENT
+    def _issue(self, outgoing: Outgoing) -> Awaitable[Any]:
+        return self.client._issue_now(outgoing)
 
-    def broadcast_message(self, message: Message) -> Awaitable[None]:
-        """Send ``message`` to every connected client."""
-        client = self.client
-        client._write(protocol.encode_broadcast(message, client._next_id()))
-        return self._sent()
-
-    broadcast = broadcast_message
-
-    def send_room_message(self, room_id: str, message: Message) -> Awaitable[None]:
-        """Send ``message`` to every client in ``room_id``."""
-        client = self.client
-        client._write(protocol.encode_room_message(room_id, message, client._next_id()))
-        return self._sent()
-
-    def send_private_message(self, client_id: str, message: Message) -> Awaitable[None]:
-        """Send ``message`` to every connection of ``client_id``."""
-        client = self.client
-        client._write(protocol.encode_private_message(client_id, message, client._next_id()))
-        return self._sent()
+    broadcast = Commands.broadcast_message
 
     # ------------------------------------------------------------------ running
 

@@ -4,27 +4,33 @@ Task model
 ----------
 Everything runs on the event loop that called :meth:`AsyncPyStrandsClient.connect`.
 The connection is an :class:`asyncio.BufferedProtocol` reading into one
-reused buffer; each chunk the loop reads is split and decoded at once
-(:mod:`pystrands.protocol`) inside ``buffer_updated``.
+reused buffer; each chunk the loop reads goes at once, inside
+``buffer_updated``, to the client's :class:`~pystrands.protocol.BackendProtocol`,
+which routes every line:
 
 - ``connection_request`` is answered right there: ``on_connection_request``
   is called at once; if it is a coroutine function, its coroutine runs as its
   own task (one task per connection request, never one per message). The
   answer therefore never waits for another handler.
-- Every other event is appended to an in-order queue drained by **one**
-  long-lived consumer task, which calls ``on_new_connection``/``on_connect``,
+- A reply (``ack``, ``presence``, ``presence_stats``, or an ``error`` to a
+  request) settles the future its request is awaiting, so a handler may
+  ``await client.presence(room)`` without blocking anything.
+- Every other event becomes a handler call in an in-order queue drained by
+  **one** long-lived consumer task, which calls ``on_new_connection``/``on_connect``,
   ``on_message``, ``on_disconnect`` and ``on_error`` one at a time, awaiting
   each (per-client order holds end to end). Handlers may be ``async def`` or
   plain functions.
 
 Sending
 -------
-The send coroutines (``await client.send_private_message(...)``) put the line
-in a buffer that is written with one ``transport.write`` per loop iteration:
-a burst of sends becomes one system call. They only wait when the socket's
-write buffer is over its high-water mark (back-pressure). They must be called
-from the loop's thread. Sending while not connected raises
-:class:`~pystrands.errors.NotConnectedError`.
+Every send, room and presence method returns a coroutine, to be awaited
+(``await client.send_private_message(...)``), as in pystrands 1.0.0. Awaited,
+it puts the line in a buffer that is written with one ``transport.write`` per
+loop iteration: a burst of sends becomes one system call. A send only waits
+when the socket's write buffer is over its high-water mark (back-pressure);
+``presence``, ``presence_stats`` and ``ack=True`` calls wait for the reply, up
+to ``reply_timeout`` seconds. They must be called from the loop's thread.
+Sending while not connected raises :class:`~pystrands.errors.NotConnectedError`.
 
 Reconnecting works as in the threaded client: exponential backoff from
 ``reconnect_delay`` by ``reconnect_backoff`` up to ``max_reconnect_delay``,
@@ -35,16 +41,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from inspect import isawaitable
-from itertools import count
 from types import CoroutineType
-from typing import Any, Awaitable, Deque, Dict, List, Optional, Set, Union
+from typing import Any, Awaitable, Coroutine, Generator, List, Optional, Set, Union
 
 from . import protocol
-from .protocol import Message, decode_binary
-from .context import ConnectionRequestContext, Context
-from .errors import NotConnectedError, ProtocolError, PyStrandsConnectionError
+from .commands import Commands
+from .context import ConnectionRequestContext, Context, PresenceEntry, PresenceStats
+from .errors import NotConnectedError, ProtocolError, PyStrandsConnectionError, ReplyTimeoutError
+from .protocol import Outgoing, Request
 
 __all__ = ["AsyncPyStrandsClient"]
 
@@ -57,6 +62,20 @@ _RECV_SIZE = 256 * 1024
 _MAX_BACKLOG = 100_000
 
 
+class _Sent:
+    """Awaitable for a send that needs no waiting (already buffered)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return iter(())  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        return "<pystrands: sent>"
+
+
+_SENT = _Sent()
+
 
 class _BrokerConnection(asyncio.BufferedProtocol):
     """One TCP connection to the broker; forwards everything to the client.
@@ -68,7 +87,6 @@ class _BrokerConnection(asyncio.BufferedProtocol):
     def __init__(self, client: "AsyncPyStrandsClient") -> None:
         self.client = client
         self.transport: Optional[asyncio.Transport] = None
-        self.lines = protocol.LineBuffer()
         self.buffer = bytearray(_RECV_SIZE)
         self.write_paused = False
         self.drain_waiters: List["asyncio.Future[None]"] = []
@@ -81,14 +99,7 @@ class _BrokerConnection(asyncio.BufferedProtocol):
         return self.buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        try:
-            lines = self.lines.feed_from(self.buffer, nbytes)
-        except ProtocolError as exc:
-            logger.error("%s; dropping the connection", exc)
-            if self.transport is not None:
-                self.transport.abort()
-            return
-        self.client._lines_received(self, lines)
+        self.client._data_received(self, nbytes)
 
     def eof_received(self) -> Optional[bool]:
         return False  # close the transport
@@ -113,11 +124,20 @@ class _BrokerConnection(asyncio.BufferedProtocol):
                 waiter.set_result(None)
 
 
-class AsyncPyStrandsClient(protocol.ConnectionSettings):
+class AsyncPyStrandsClient(
+    protocol.ConnectionSettings,
+    Commands[
+        Coroutine[Any, Any, Optional[int]],
+        Coroutine[Any, Any, List[PresenceEntry]],
+        Coroutine[Any, Any, PresenceStats],
+    ],
+):
     """A backend connected to the broker's TCP port, on asyncio.
 
     Subclass it and override the ``on_*`` callbacks (``async def`` or plain
     ``def``), then ``await client.connect()`` and ``await client.run_forever()``.
+    Await every send, room and presence method
+    (:class:`~pystrands.commands.Commands`).
     """
 
     def _setup(self) -> None:
@@ -126,6 +146,8 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
         # Loop-bound objects are created in connect(), on the running loop
         # (asyncio primitives made outside it break on Python 3.8/3.9).
         self._loop: Optional[asyncio.AbstractEventLoop] = None
+        # The dispatch core: routing, decisions, replies, the event queue.
+        self._core = protocol.BackendProtocol(self, defer=self._decide_later)
         self._conn: Optional[_BrokerConnection] = None
         self._closing = False
         self._lost = False
@@ -133,15 +155,17 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
         self._out: List[bytes] = []
         self._out_bytes = 0
         self._flush_handle: Optional[asyncio.Handle] = None
-        # Events for the consumer task: (message, Context) tuples for text
-        # messages (the fast path), envelope dicts for everything else.
-        self._inbox: Optional[Deque[Any]] = None
+        # Identifies the running consumer task (None: events are not handled).
+        self._consuming: Optional[object] = None
         self._wakeup: Optional["asyncio.Future[None]"] = None
         self._consumer: Optional["asyncio.Task[None]"] = None
         self._reconnect_task: Optional["asyncio.Task[None]"] = None
         self._tasks: Set["asyncio.Task[Any]"] = set()
         self._reading_paused = False
-        self._next_id = map(str, count(1)).__next__  # request ids "1", "2", ...
+
+    @property
+    def _peer(self) -> str:
+        return f"{self.host}:{self.port}"
 
     # ------------------------------------------------------------------ connection
 
@@ -176,13 +200,13 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
             return self.connected
         if self.token is not None:
             conn.transport.write(protocol.encode_auth(self.token))  # type: ignore[union-attr]
+        self._core.connection_made()
         self._conn = conn
         self.connected = True
         self._reading_paused = False
-        if self._inbox is None:
-            inbox: Deque[Any] = deque()
-            self._inbox = inbox
-            self._consumer = loop.create_task(self._consume(inbox))
+        if self._consuming is None:
+            self._consuming = token = object()
+            self._consumer = loop.create_task(self._consume(token))
         logger.info("connected to the broker at %s:%s", self.host, self.port)
         return True
 
@@ -202,11 +226,10 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
         conn = self._conn
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()
-        inbox, self._inbox = self._inbox, None  # the consumer stops dispatching
+        self._consuming = None  # the consumer stops dispatching
         consumer, self._consumer = self._consumer, None
-        if inbox is not None:
-            inbox.clear()
-            self._wake_consumer()
+        self._core.events.clear()
+        self._wake_consumer()
         if consumer is not None and consumer is not asyncio.current_task():
             done, _ = await asyncio.wait({consumer}, timeout=timeout)
             if not done:
@@ -278,6 +301,7 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
             return
         self._conn = None
         self.connected = False
+        self._core.connection_lost(self._peer)
         if self._out:
             logger.warning(
                 "connection lost: %d bytes sent by handlers were not delivered", self._out_bytes
@@ -296,26 +320,57 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
 
     # ------------------------------------------------------------------ sending
 
-    async def broadcast_message(self, message: Message) -> None:
-        """Send ``message`` to every connected WebSocket client."""
-        self._write(protocol.encode_broadcast(message, self._next_id()))
-        conn = self._conn
-        if conn is not None and conn.write_paused:
-            await self._drain()
+    async def _issue(self, outgoing: Outgoing) -> Any:
+        """The client's own methods: nothing is sent until awaited (as 1.0.0)."""
+        if type(outgoing) is bytes:
+            self._write(outgoing)
+            conn = self._conn
+            if conn is not None and conn.write_paused:
+                await self._drain()
+            return None
+        return await self._ask(outgoing)  # type: ignore[arg-type]
 
-    async def send_room_message(self, room_id: str, message: Message) -> None:
-        """Send ``message`` to every client in ``room_id``."""
-        self._write(protocol.encode_room_message(room_id, message, self._next_id()))
-        conn = self._conn
-        if conn is not None and conn.write_paused:
-            await self._drain()
+    def _issue_now(self, outgoing: Outgoing) -> Awaitable[Any]:
+        """For :class:`~pystrands.app.PyStrands`: send now, return an
+        awaitable of the result (back-pressure, or the reply)."""
+        if type(outgoing) is bytes:
+            self._write(outgoing)
+            conn = self._conn
+            if conn is not None and conn.write_paused:
+                return asyncio.ensure_future(self._drain())
+            return _SENT
+        return self._ask(outgoing)  # type: ignore[arg-type]
 
-    async def send_private_message(self, client_id: str, message: Message) -> None:
-        """Send ``message`` to every connection whose client_id is ``client_id``."""
-        self._write(protocol.encode_private_message(client_id, message, self._next_id()))
-        conn = self._conn
-        if conn is not None and conn.write_paused:
-            await self._drain()
+    def _ask(self, request: Request) -> "asyncio.Future[Any]":
+        """Write a request now; the future settles with its reply, or with
+        :class:`~pystrands.errors.ReplyTimeoutError` after ``reply_timeout``."""
+        loop = self._loop
+        if loop is None or not self.connected:
+            raise NotConnectedError(f"not connected to the broker at {self._peer}")
+        core = self._core
+        waiter: "asyncio.Future[Any]" = loop.create_future()
+        core.expect(request, waiter)
+        try:
+            self._write(request.line)
+            self._flush()
+        except BaseException:
+            core.forget(request)
+            raise
+        timeout = self.reply_timeout
+        timer = loop.call_later(timeout, self._reply_timed_out, request, waiter, timeout)
+
+        def settled(_: "asyncio.Future[Any]") -> None:
+            timer.cancel()
+            core.forget(request)
+
+        waiter.add_done_callback(settled)
+        return waiter
+
+    def _reply_timed_out(
+        self, request: Request, waiter: "asyncio.Future[Any]", timeout: float
+    ) -> None:
+        if not waiter.done():
+            waiter.set_exception(ReplyTimeoutError(request.action, timeout, self._peer))
 
     async def flush(self) -> None:
         """Write buffered sends now and wait while the socket is over its
@@ -365,32 +420,22 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
 
     # ------------------------------------------------------------------ receiving
 
-    def _lines_received(self, conn: _BrokerConnection, lines: List[str]) -> None:
-        inbox = self._inbox
-        if inbox is None or conn is not self._conn:
+    def _data_received(self, conn: _BrokerConnection, nbytes: int) -> None:
+        if conn is not self._conn or self._consuming is None:
+            return  # a connection being replaced, or disconnect() is under way
+        core = self._core
+        events = core.events
+        before = len(events)
+        try:
+            answers = core.receive_from(conn.buffer, nbytes)
+        except ProtocolError as exc:
+            logger.error("%s; dropping the connection", exc)
+            if conn.transport is not None:
+                conn.transport.abort()
             return
-        before = len(inbox)
-        append = inbox.append
-        decode = protocol.decode
-        fast = protocol.decode_new_message
-        for line in lines:
-            known = fast(line)
-            if known is not None:
-                append(known)  # (message, context) of a text new_message
-                continue
-            if not line:
-                continue
-            try:
-                event = decode(line)
-            except ProtocolError as exc:
-                logger.error("%s", exc)
-                continue
-            action = event.get("action")
-            if action == "connection_request":
-                self._answer_connection_request(event)
-            elif action != "heartbeat":
-                append(event)
-        size = len(inbox)
+        for answer in answers:
+            self._write_answer(answer)
+        size = len(events)
         if size != before:
             self._wake_consumer()
             if size > _MAX_BACKLOG and not self._reading_paused and conn.transport is not None:
@@ -404,21 +449,22 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _answer_connection_request(self, event: Dict[str, Any]) -> None:
-        request_id, request = protocol.connection_request_from_event(event)
+    def _write_answer(self, line: bytes) -> None:
         try:
-            result = self.on_connection_request(request)
-        except Exception:
-            self._reject_after_error(request_id, request)
-            return
-        if result is not None and isawaitable(result):
-            task = self._loop.create_task(  # type: ignore[union-attr]
-                self._answer_later(request_id, request, result)
-            )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
-            self._send_response(request_id, request, result)
+            self._write(line)
+        except NotConnectedError as exc:
+            logger.warning("could not answer a connection request: %s", exc)
+
+    def _decide_later(
+        self, request_id: str, request: ConnectionRequestContext, pending: Awaitable[Any]
+    ) -> None:
+        """The core's ``defer``: ``on_connection_request`` returned an
+        awaitable; await it in a task of its own, then answer."""
+        task = self._loop.create_task(  # type: ignore[union-attr]
+            self._answer_later(request_id, request, pending)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _answer_later(
         self, request_id: str, request: ConnectionRequestContext, pending: Awaitable[Any]
@@ -426,83 +472,37 @@ class AsyncPyStrandsClient(protocol.ConnectionSettings):
         try:
             result = await pending
         except Exception:
-            self._reject_after_error(request_id, request)
-            return
-        self._send_response(request_id, request, result)
+            line = self._core.refusal(request_id, request)
+        else:
+            line = self._core.decision(request_id, request, result)
+        self._write_answer(line)
 
-    def _send_response(
-        self, request_id: str, request: ConnectionRequestContext, result: object
-    ) -> None:
-        try:
-            line = protocol.encode_response(
-                request_id, protocol.decide_accepted(result, request), request.context
-            )
-        except Exception:
-            self._reject_after_error(request_id, request)
-            return
-        try:
-            self._write(line)
-        except NotConnectedError as exc:
-            logger.warning("could not answer a connection request: %s", exc)
-
-    def _reject_after_error(self, request_id: str, request: ConnectionRequestContext) -> None:
-        logger.exception(
-            "on_connection_request failed; rejecting the connection from %s to %s",
-            request.remote_addr,
-            request.url,
-        )
-        try:
-            self._write(protocol.encode_response(request_id, False, None))
-        except NotConnectedError as exc:
-            logger.warning("could not answer a connection request: %s", exc)
-
-    async def _consume(self, inbox: Deque[Any]) -> None:
+    async def _consume(self, token: object) -> None:
         """The one task that runs the event handlers, in order."""
         loop = self._loop
         assert loop is not None
-        popleft = inbox.popleft
+        events = self._core.events
+        popleft = events.popleft
         coroutine = CoroutineType
-        while self._inbox is inbox:
-            if not inbox:
+        while self._consuming is token:
+            if not events:
                 if self._reading_paused:
                     self._resume_reading()
                 self._wakeup = waiter = loop.create_future()
                 await waiter
                 continue
-            event = popleft()
+            handler, args = popleft()
             try:
-                if type(event) is tuple:
-                    result = self.on_message(event[0], event[1])
-                else:
-                    result = self._handle_event(event)
+                result = handler(*args)
                 if result is not None:
                     if type(result) is coroutine or isawaitable(result):
                         await result
             except asyncio.CancelledError:
                 raise
             except Exception:
-                action = "new_message" if type(event) is tuple else event.get("action")
-                logger.exception("handler for a %r event raised", action)
-            if self._reading_paused and len(inbox) <= _MAX_BACKLOG // 2:
+                logger.exception("%s raised", getattr(handler, "__name__", handler))
+            if self._reading_paused and len(events) <= _MAX_BACKLOG // 2:
                 self._resume_reading()
-
-    def _handle_event(self, event: Dict[str, Any]) -> Any:
-        """Call the handler of an event that is not a plain text message."""
-        params = event["params"]
-        action = event["action"]
-        if action == "new_message":
-            c = params["context"]
-            message = params["message"]
-            if "binary" in params and params["binary"] is True:
-                message = decode_binary(message)
-            return self.on_message(message, Context(c["client_id"], c["room_id"], c["metadata"]))
-        if action == "new_connection":
-            return self.on_new_connection(protocol.context_from_params(params))
-        if action == "disconnected":
-            return self.on_disconnect(protocol.context_from_params(params))
-        if action == "error":
-            return self.on_error(params.get("error", ""), protocol.context_from_params(params))
-        return None
 
     def _resume_reading(self) -> None:
         self._reading_paused = False

@@ -5,12 +5,14 @@ Threading model
 A connected client runs two daemon threads of its own:
 
 - the **dispatcher** reads from the broker and runs every handler. Each
-  ``recv`` brings a chunk of up to 256 KiB; all its lines are decoded at once
-  (:mod:`pystrands.protocol`); ``connection_request`` events are answered
-  first (``on_connection_request``, response written at once), then the other
-  events' handlers run one at a time, in the order the broker sent them, and
-  whatever they sent is written with one ``sendall``. One thread, no
-  hand-off between threads on the hot path.
+  ``recv`` brings a chunk of up to 256 KiB, handed whole to the client's
+  :class:`~pystrands.protocol.BackendProtocol`, which routes every line:
+  replies settle the requests waiting for them, client events queue up as
+  handler calls, and ``connection_request`` events are answered
+  (``on_connection_request``, response written at once) before any other
+  handler runs. Then the queued handlers run one at a time, in the order the
+  broker sent the events, and whatever they sent is written with one
+  ``sendall``. One thread, no hand-off between threads on the hot path.
 - the **watchdog** sleeps. When it sees that the same batch of handlers has
   been running for more than :attr:`PyStrandsClient.takeover_after` seconds
   (0.05 by default; a slow ``on_message``, say a 2 s database call), it takes
@@ -20,10 +22,23 @@ A connected client runs two daemon threads of its own:
   never makes the broker time a connection request out (``--connect-timeout``,
   5 s by default), and per-client order still holds end to end.
 
-Only one thread reads at a time (a lock hands the socket over), and handlers
-other than ``on_connection_request`` only ever run on the dispatcher, never two
-at once. ``on_connection_request`` may run on the watchdog while another
-handler is running on the dispatcher: state the two share needs a lock.
+Only one thread reads at a time (a lock, the *read role*, hands the socket
+over), and handlers other than ``on_connection_request`` only ever run on the
+dispatcher, never two at once. ``on_connection_request`` may run on the
+watchdog while another handler is running on the dispatcher: state the two
+share needs a lock.
+
+Requests and replies
+--------------------
+``presence``, ``presence_stats`` and any call with ``ack=True`` wait for the
+broker's reply (matched by ``request_id``), up to ``reply_timeout`` seconds.
+Called from a handler, the wait must not stop the reading the reply depends
+on: the thread that waits reads itself meanwhile (the dispatcher takes the
+read role if it is free; the watchdog already holds it), so the reply is
+routed, connection requests are still answered, and events that arrive
+meanwhile queue up behind the running handler, in order. Called from any
+other thread, the call just waits while the dispatcher (or the watchdog)
+reads.
 
 Sending
 -------
@@ -32,8 +47,9 @@ the dispatcher are collected and written with one ``sendall`` after the
 batch (or once 64 KiB are pending): many messages, one system call. A handler
 that sends and then blocks for long can call :meth:`PyStrandsClient.flush`
 first. Lines sent from any other thread are written before the send method
-returns. Sending while not connected (before ``connect()``, after
-``disconnect()``, or while reconnecting) raises
+returns. A request made from a handler is flushed, with everything sent
+before it, before the wait. Sending while not connected (before
+``connect()``, after ``disconnect()``, or while reconnecting) raises
 :class:`~pystrands.errors.NotConnectedError`.
 
 Reconnecting
@@ -52,15 +68,17 @@ import logging
 import select
 import socket
 import threading
-from collections import deque
-from itertools import count
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_for_future
 from threading import get_ident
-from typing import Any, Deque, Dict, List, Optional, Union
+from time import monotonic
+from typing import Any, List, Optional, Union
 
 from . import protocol
-from .context import ConnectionRequestContext, Context
-from .errors import NotConnectedError, ProtocolError, PyStrandsConnectionError
-from .protocol import Message, decode_binary
+from .commands import Commands
+from .context import ConnectionRequestContext, Context, PresenceEntry, PresenceStats
+from .errors import NotConnectedError, ProtocolError, PyStrandsConnectionError, ReplyTimeoutError
+from .protocol import Outgoing, Request
 
 __all__ = ["PyStrandsClient"]
 
@@ -71,6 +89,8 @@ _FLUSH_BYTES = 64 * 1024
 #: Events the watchdog may queue for a busy dispatcher before it stops reading
 #: (TCP back-pressure on the broker, which queues or sheds load).
 _MAX_BACKLOG = 100_000
+#: Longest single wait of a thread that reads while it waits for a reply.
+_READ_STEP = 0.05
 
 
 class _Session:
@@ -80,12 +100,16 @@ class _Session:
     __slots__ = ()
 
 
-class PyStrandsClient(protocol.ConnectionSettings):
+class PyStrandsClient(
+    protocol.ConnectionSettings, Commands[Optional[int], List[PresenceEntry], PresenceStats]
+):
     """A backend connected to the PyStrands broker's TCP port.
 
     Subclass it and override the ``on_*`` callbacks, then ``connect()`` and
     ``run_forever()`` (see the module documentation for which thread runs
-    what).
+    what). The send, room and presence methods
+    (:class:`~pystrands.commands.Commands`) block until sent, and, for
+    ``presence``, ``presence_stats`` and ``ack=True``, until the reply.
     """
 
     #: Seconds one batch of handlers may run before the watchdog thread takes
@@ -96,13 +120,15 @@ class PyStrandsClient(protocol.ConnectionSettings):
     def _setup(self) -> None:
         # Called at the end of ConnectionSettings.__init__, which takes the
         # arguments and sets host, port, ..., token and connected.
+        # The dispatch core: routing, decisions, replies; fed under _read_role.
+        self._core = protocol.BackendProtocol(self)
         self._sock: Optional[socket.socket] = None
-        self._lines = protocol.LineBuffer()  # of the current socket; fed under _read_role
         self._recv_buffer = bytearray(_RECV_SIZE)  # reused by whichever thread reads
-        self._link_down: Optional[socket.socket] = None  # the watchdog saw EOF/error on it
+        self._link_down: Optional[socket.socket] = None  # a waiting reader saw EOF/error on it
         self._state_lock = threading.RLock()  # connect/disconnect/reconnect transitions
         self._send_lock = threading.Lock()  # one writer on the socket at a time
         self._read_role = threading.Lock()  # held by the thread that may recv
+        self._reader: Optional[int] = None  # ident of the thread holding _read_role
         self._closing = threading.Event()  # disconnect() was called
         self._done = threading.Event()  # run_forever() may return
         self._lost = False  # connection lost and not reconnecting
@@ -112,13 +138,16 @@ class PyStrandsClient(protocol.ConnectionSettings):
         self._dispatch_ident: Optional[int] = None
         self._in_dispatch = False
         self._dispatch_seq = 0
-        # Events the watchdog read while the dispatcher was busy.
+        # Signals events queued (in self._core.events) by the watchdog, and
+        # its hand-back of the socket.
         self._cv = threading.Condition(threading.Lock())
-        self._backlog: Deque[Dict[str, Any]] = deque()
         self._watchdog_reading = False
         self._out: List[bytes] = []  # dispatcher-only write buffer
         self._out_bytes = 0
-        self._next_id = map(str, count(1)).__next__  # request ids "1", "2", ...
+
+    @property
+    def _peer(self) -> str:
+        return f"{self.host}:{self.port}"
 
     # ------------------------------------------------------------------ connection
 
@@ -178,6 +207,8 @@ class PyStrandsClient(protocol.ConnectionSettings):
             watchdog.join(timeout)
         with self._state_lock:
             self._detach()
+            if self._session is None:
+                self._core.events.clear()
             self._done.set()
         logger.info("disconnected from the broker")
 
@@ -230,7 +261,7 @@ class PyStrandsClient(protocol.ConnectionSettings):
 
     def _attach(self, sock: socket.socket) -> None:
         with self._read_role:  # nobody is reading the old socket's buffer now
-            self._lines = protocol.LineBuffer()
+            self._core.connection_made()
             with self._send_lock:
                 self._sock = sock
             self.connected = True
@@ -247,13 +278,13 @@ class PyStrandsClient(protocol.ConnectionSettings):
             sock.close()
         except OSError:
             pass
+        self._core.connection_lost(self._peer)
         return True
 
     def _start_threads(self) -> None:
         if self._session is None:
             self._session = session = _Session()
-            with self._cv:
-                self._backlog.clear()
+            self._core.events.clear()
             self._dispatcher = threading.Thread(
                 target=self._dispatcher_main, args=(session,), name="pystrands-dispatch", daemon=True
             )
@@ -265,17 +296,57 @@ class PyStrandsClient(protocol.ConnectionSettings):
 
     # ------------------------------------------------------------------ sending
 
-    def broadcast_message(self, message: Message) -> None:
-        """Send ``message`` to every connected WebSocket client (bytes: binary)."""
-        self._send(protocol.encode_broadcast(message, self._next_id()))
+    def _issue(self, outgoing: Outgoing) -> Any:
+        if type(outgoing) is bytes:
+            self._send(outgoing)
+            return None
+        return self._ask(outgoing)  # type: ignore[arg-type]
 
-    def send_room_message(self, room_id: str, message: Message) -> None:
-        """Send ``message`` to every client in ``room_id``."""
-        self._send(protocol.encode_room_message(room_id, message, self._next_id()))
+    def _ask(self, request: Request) -> Any:
+        """Send a request and wait for its reply (reading meanwhile when this
+        thread is the one that reads: see the module documentation)."""
+        waiter: "Future[Any]" = Future()
+        core = self._core
+        core.expect(request, waiter)
+        try:
+            self._send(request.line)
+            self.flush()  # from a handler: out before the wait
+        except BaseException:
+            core.forget(request)
+            raise
+        timeout = self.reply_timeout
+        deadline = monotonic() + timeout
+        me = get_ident()
+        while not waiter.done():
+            remaining = deadline - monotonic()
+            if remaining <= 0:
+                break
+            step = min(remaining, _READ_STEP)
+            if me == self._reader:
+                # This thread holds the read role (the watchdog, or the
+                # dispatcher answering a connection request): read, or nobody will.
+                self._read_while_waiting(waiter, step)
+            elif me == self._dispatch_ident and self._read_role.acquire(False):
+                self._reader = me
+                try:
+                    self._read_while_waiting(waiter, step)
+                finally:
+                    self._reader = None
+                    self._read_role.release()
+            else:
+                wait_for_future((waiter,), step if me == self._dispatch_ident else remaining)
+        if not waiter.done():
+            core.forget(request)
+            if not waiter.done():  # the reply may have come meanwhile
+                raise ReplyTimeoutError(request.action, timeout, self._peer)
+        return waiter.result()
 
-    def send_private_message(self, client_id: str, message: Message) -> None:
-        """Send ``message`` to every connection whose client_id is ``client_id``."""
-        self._send(protocol.encode_private_message(client_id, message, self._next_id()))
+    def _read_while_waiting(self, waiter: "Future[Any]", wait: float) -> None:
+        sock = self._sock
+        if sock is None or self._link_down is sock:
+            wait_for_future((waiter,), wait)  # failed by the detach, or timed out
+        else:
+            self._read_chunk(sock, wait)
 
     def flush(self) -> None:
         """Write what handlers sent so far in this batch.
@@ -321,6 +392,16 @@ class PyStrandsClient(protocol.ConnectionSettings):
             except OSError as exc:
                 self._write_failed(sock, exc)
                 logger.warning("connection lost: %d bytes sent by handlers were not delivered", len(data))
+
+    def _send_answers(self, answers: List[bytes]) -> None:
+        """Write the responses to connection requests at once."""
+        for answer in answers:
+            try:
+                self._send(answer)
+            except PyStrandsConnectionError as exc:
+                logger.warning("could not answer a connection request: %s", exc)
+        if self._out and get_ident() == self._dispatch_ident:
+            self._flush_out()
 
     def _write_failed(self, sock: socket.socket, exc: OSError) -> None:
         """Called with _send_lock held: make the reading thread notice."""
@@ -395,27 +476,29 @@ class PyStrandsClient(protocol.ConnectionSettings):
         recv_into = sock.recv_into
         buffer = self._recv_buffer
         read_role = self._read_role
-        lines_buffer = self._lines
-        feed_from = lines_buffer.feed_from
-        fast = protocol.decode_new_message
-        on_message = self.on_message
-        dispatch_line = self._dispatch_line
+        receive = self._core.receive_from
+        events = self._core.events
+        run_events = self._run_events
         out = self._out
         flush = self._flush_out
+        me = get_ident()
         while True:
+            if events:
+                run_events(session)
+                if self._session is not session:  # disconnect() was called
+                    return
+                if out:
+                    flush()
+                continue
             if not read_role.acquire(False):
                 # The watchdog is reading for us (we were busy): take its events.
-                if not self._take_backlog(session):
+                if not self._wait_for_watchdog(session):
                     return
                 continue
-            if self._backlog:
-                # The watchdog gave the socket back (or saw it end) with events
-                # still queued: those come before anything read from now on.
-                read_role.release()
-                if not self._take_backlog(session):
-                    return
-                continue
+            self._reader = me
             try:
+                if events:
+                    continue  # the watchdog handed the socket back with events queued
                 if self._link_down is sock or self._session is not session:
                     return
                 try:
@@ -425,137 +508,83 @@ class PyStrandsClient(protocol.ConnectionSettings):
                 if not size:
                     return
                 try:
-                    lines = feed_from(buffer, size)
+                    # Routes the chunk, answering its connection requests
+                    # before any other handler runs (a slow one must not hold
+                    # an answer back).
+                    answers = receive(buffer, size)
                 except ProtocolError as exc:
                     logger.error("%s; dropping the connection", exc)
                     return
             finally:
+                self._reader = None
                 read_role.release()
-            if '"connection_request"' in lines_buffer.text:
-                # Answer every connection request of the chunk before any
-                # handler runs (a slow one must not hold an answer back).
-                events = self._route(lines)
-                if out:
-                    flush()
-                if events:
-                    self._dispatch(events, session)
-            else:
-                self._dispatch_seq += 1
-                self._in_dispatch = True
-                try:
-                    for line in lines:
-                        if self._session is not session:  # disconnect() was called
-                            break
-                        known = fast(line)
-                        if known is not None:
-                            try:
-                                on_message(known[0], known[1])
-                            except Exception:
-                                logger.exception("on_message raised")
-                        else:
-                            dispatch_line(line)
-                finally:
-                    self._in_dispatch = False
-            if out and self._session is session:
-                flush()
+            if answers:
+                self._send_answers(answers)
 
-    def _take_backlog(self, session: _Session) -> bool:
-        cv = self._cv
-        with cv:
-            while not self._backlog and self._watchdog_reading and self._session is session:
-                cv.wait(0.1)
-            if self._session is not session:
-                return False
-            batch = list(self._backlog)
-            self._backlog.clear()
-            cv.notify_all()  # the watchdog may be waiting for room
-        if batch:
-            self._dispatch(batch, session)
-            if self._out and self._session is session:
-                self._flush_out()
-        return True
-
-    def _route(self, lines: List[str]) -> List[Dict[str, Any]]:
-        """Decode lines; answer connection requests; return the other events."""
-        events = []
-        decode = protocol.decode
-        for line in lines:
-            if not line:
-                continue
-            try:
-                event = decode(line)
-            except ProtocolError as exc:
-                logger.error("%s", exc)
-                continue
-            action = event.get("action")
-            if action == "connection_request":
-                self._answer_connection_request(event)
-            elif action != "heartbeat":
-                events.append(event)
-        return events
-
-    def _answer_connection_request(self, event: Dict[str, Any]) -> None:
-        request_id, request = protocol.connection_request_from_event(event)
-        try:
-            result = self.on_connection_request(request)
-            accepted = protocol.decide_accepted(result, request)
-            line = protocol.encode_response(request_id, accepted, request.context)
-        except Exception:
-            logger.exception(
-                "on_connection_request failed; rejecting the connection from %s to %s",
-                request.remote_addr,
-                request.url,
-            )
-            line = protocol.encode_response(request_id, False, None)
-        try:
-            self._send(line)
-        except PyStrandsConnectionError as exc:
-            logger.warning("could not answer a connection request: %s", exc)
-
-    def _dispatch_line(self, line: str) -> None:
-        """Decode and handle one line that is not a plain text message."""
-        if not line:
-            return
-        try:
-            event = protocol.decode(line)
-        except ProtocolError as exc:
-            logger.error("%s", exc)
-            return
-        if event.get("action") != "heartbeat":
-            self._handle_event(event)
-
-    def _handle_event(self, event: Dict[str, Any]) -> None:
-        try:
-            params = event["params"]
-            action = event["action"]
-            if action == "new_message":
-                c = params["context"]
-                message = params["message"]
-                if "binary" in params and params["binary"] is True:
-                    message = decode_binary(message)
-                self.on_message(message, Context(c["client_id"], c["room_id"], c["metadata"]))
-            elif action == "new_connection":
-                self.on_new_connection(protocol.context_from_params(params))
-            elif action == "disconnected":
-                self.on_disconnect(protocol.context_from_params(params))
-            elif action == "error":
-                self.on_error(params.get("error", ""), protocol.context_from_params(params))
-        except Exception:
-            logger.exception("handler for a %r event raised", event.get("action"))
-
-    def _dispatch(self, batch: List[Dict[str, Any]], session: _Session) -> None:
-        """Handle decoded events (the watchdog's backlog, or a chunk that held
-        connection requests), in order."""
+    def _run_events(self, session: _Session) -> None:
+        """Run the queued handler calls, in order, until none is left (the
+        watchdog and waits for replies may add more meanwhile)."""
+        popleft = self._core.events.popleft
         self._dispatch_seq += 1
         self._in_dispatch = True
-        handle = self._handle_event
         try:
-            for event in batch:
-                if self._session is not session:  # disconnect() was called
+            while self._session is session:
+                try:
+                    handler, args = popleft()
+                except IndexError:
                     return
-                handle(event)
+                try:
+                    handler(*args)
+                except Exception:
+                    logger.exception("%s raised", getattr(handler, "__name__", handler))
         finally:
             self._in_dispatch = False
+
+    def _wait_for_watchdog(self, session: _Session) -> bool:
+        cv = self._cv
+        events = self._core.events
+        with cv:
+            while not events and self._watchdog_reading and self._session is session:
+                cv.wait(0.1)
+        return self._session is session
+
+    def _read_chunk(self, sock: socket.socket, wait: float) -> bool:
+        """Holding the read role: wait up to ``wait`` seconds for data, then
+        read and route one chunk (answers written at once, events queued).
+        False when the link is down."""
+        try:
+            ready, _, _ = select.select([sock], [], [], wait)
+        except (OSError, ValueError):
+            self._link_lost(sock)
+            return False
+        if not ready:
+            return True
+        try:
+            size = sock.recv_into(self._recv_buffer)
+        except OSError:
+            size = 0
+        if not size:
+            self._link_lost(sock)
+            return False
+        try:
+            answers = self._core.receive_from(self._recv_buffer, size)
+        except ProtocolError as exc:
+            logger.error("%s; dropping the connection", exc)
+            self._link_lost(sock)
+            return False
+        if answers:
+            self._send_answers(answers)
+        if self._core.events:
+            with self._cv:
+                self._cv.notify_all()
+        return True
+
+    def _link_lost(self, sock: socket.socket) -> None:
+        """A thread other than the dispatcher's read loop saw the link end:
+        the dispatcher detaches when it next looks; requests waiting for a
+        reply fail now."""
+        self._link_down = sock
+        self._core.connection_lost(self._peer)
 
     # ------------------------------------------------------------------ watchdog thread
 
@@ -586,39 +615,22 @@ class PyStrandsClient(protocol.ConnectionSettings):
         connection requests, queue the rest; hand the socket back when the
         dispatcher has caught up."""
         cv = self._cv
+        events = self._core.events
+        self._reader = get_ident()
         try:
             if not (self._in_dispatch and self._dispatch_seq == seq and self._sock is sock):
                 return  # it finished meanwhile
             while self._session is session:
-                try:
-                    ready, _, _ = select.select([sock], [], [], self.takeover_after)
-                except (OSError, ValueError):
-                    self._link_down = sock
+                if not self._read_chunk(sock, self.takeover_after):
                     return
-                if ready:
-                    try:
-                        size = sock.recv_into(self._recv_buffer)
-                    except OSError:
-                        size = 0
-                    if not size:
-                        self._link_down = sock
-                        return
-                    try:
-                        lines = self._lines.feed_from(self._recv_buffer, size)
-                    except ProtocolError as exc:
-                        logger.error("%s; dropping the connection", exc)
-                        self._link_down = sock
-                        return
-                    events = self._route(lines)
-                    if events:
-                        with cv:
-                            self._backlog.extend(events)
-                            cv.notify_all()
-                            while len(self._backlog) > _MAX_BACKLOG and self._session is session:
-                                cv.wait(0.1)
-                if not self._in_dispatch and not self._backlog:
+                if len(events) > _MAX_BACKLOG:
+                    with cv:
+                        while len(events) > _MAX_BACKLOG and self._session is session:
+                            cv.wait(0.1)
+                if not self._in_dispatch and not events:
                     return  # the dispatcher has caught up: it reads again
         finally:
+            self._reader = None
             self._read_role.release()
             with cv:
                 self._watchdog_reading = False

@@ -12,6 +12,8 @@ __all__ = [
     "PyStrandsConnectionError",
     "NotConnectedError",
     "ProtocolError",
+    "ReplyTimeoutError",
+    "BrokerError",
     "ServerBinaryNotFoundError",
 ]
 
@@ -35,6 +37,31 @@ class NotConnectedError(PyStrandsConnectionError):
 
 class ProtocolError(PyStrandsError, ValueError):
     """A line from the broker is not a valid wire-protocol event."""
+
+
+class ReplyTimeoutError(PyStrandsError, TimeoutError):
+    """The broker did not answer a request (``presence``, ``presence_stats``,
+    or any call made with ``ack=True``) within the client's ``reply_timeout``.
+
+    ``action`` is the request's wire action (e.g. ``"presence"``), ``timeout``
+    the seconds waited.
+    """
+
+    def __init__(self, action: str, timeout: float, peer: str) -> None:
+        super().__init__(f"no reply to {action} from the broker at {peer} within {timeout:g} s")
+        self.action = action
+        self.timeout = timeout
+
+
+class BrokerError(PyStrandsError, RuntimeError):
+    """The broker answered a request with an ``error`` line: the request was
+    not carried out. ``action`` is the request's wire action, ``error`` the
+    broker's message, verbatim."""
+
+    def __init__(self, action: str, error: str) -> None:
+        super().__init__(f"the broker refused {action}: {error}")
+        self.action = action
+        self.error = error
 
 
 class ServerBinaryNotFoundError(PyStrandsError, FileNotFoundError):

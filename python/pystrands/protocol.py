@@ -1,11 +1,20 @@
-"""The PyStrands wire protocol v1, without any I/O.
+"""The PyStrands wire protocol (v1 and its 1.1 extensions), without any I/O.
 
-Both clients (the threaded :mod:`pystrands.client` and the asyncio
-:mod:`pystrands.async_client`) use this module to turn bytes from the broker
-into event objects and commands into bytes; neither parses nor formats JSON
-itself; both take their settings and reconnect schedule from
-:class:`ConnectionSettings`. Nothing here touches a socket, a thread or an
-event loop, so every function can be unit-tested with plain values.
+Every part of the package that talks to the broker (the threaded
+:mod:`pystrands.client`, the asyncio :mod:`pystrands.async_client`, and the
+publishers of :mod:`pystrands.publisher`) holds one :class:`BackendProtocol`:
+the dispatch core. Bytes from the broker go in (:meth:`BackendProtocol.receive_from`);
+out come, in the broker's order, the handler calls to make
+(:attr:`BackendProtocol.events`), the answers to connection requests (bytes
+to write at once), and the replies to requests, settled on the waiter the
+I/O layer registered (a ``concurrent.futures.Future`` or an
+``asyncio.Future``). Commands go the other way: the core validates the
+arguments and builds the line, and says whether a reply is expected
+(:class:`Request`). The I/O layers only move bytes, run handlers and wait;
+neither parses nor formats JSON itself; both take their settings and
+reconnect schedule from :class:`ConnectionSettings`. Nothing here touches a
+socket, a thread or an event loop, so everything can be unit-tested with
+plain values: lines in, calls, answers and settled waiters out.
 
 Framing: one JSON object per line, UTF-8, ``\\n`` terminated, in both
 directions. Envelope: ``{"action": ..., "request_id": ..., "params": {...}}``.
@@ -26,16 +35,35 @@ Hot-path notes (the Python backend is usually what limits a deployment):
 
 from __future__ import annotations
 
+import binascii
 import json
+import logging
 import os
 import random
 import uuid
 from base64 import b64decode, b64encode
+from collections import deque
+from inspect import isawaitable
+from itertools import count
 from json.encoder import encode_basestring
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import (
+    Any,
+    Awaitable,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    Union,
+)
 
-from .context import ConnectionRequestContext, Context
-from .errors import ProtocolError
+from .context import ConnectionRequestContext, Context, PresenceEntry, PresenceStats
+from .errors import BrokerError, ProtocolError, PyStrandsConnectionError
 
 __all__ = [
     "CONNECTION_REQUEST",
@@ -63,6 +91,30 @@ __all__ = [
     "connection_request_from_params",
     "context_from_params",
     "decide_accepted",
+    "encode_decision",
+    "ConnectionSettings",
+    "BackendProtocol",
+    "Request",
+    "Outgoing",
+    "Call",
+    "Waiter",
+    "JOIN_ROOM",
+    "LEAVE_ROOM",
+    "DISCONNECT",
+    "SET_METADATA",
+    "PRESENCE",
+    "PRESENCE_STATS",
+    "ACK",
+    "MAX_CLOSE_REASON_BYTES",
+    "parse_reply",
+    "check_text",
+    "check_reply_timeout",
+    "check_close_code",
+    "check_close_reason",
+    "message_params",
+    "id_list",
+    "target_params",
+    "connection_request_from_event",
 ]
 
 # Broker -> backend actions.
@@ -79,6 +131,21 @@ RESPONSE = "response"
 BROADCAST = "broadcast"
 MESSAGE_TO_ROOM = "message_to_room"
 MESSAGE_TO_CONNECTION = "message_to_connection"
+# Protocol 1.1 (extensions): room membership, kicks, metadata, presence.
+JOIN_ROOM = "join_room"
+LEAVE_ROOM = "leave_room"
+DISCONNECT = "disconnect"
+SET_METADATA = "set_metadata"
+PRESENCE = "presence"
+PRESENCE_STATS = "presence_stats"
+
+# Broker -> backend replies (protocol 1.1), matched to a request by its
+# request_id; ``error`` is also a reply when its request_id is a pending one.
+ACK = "ack"
+_REPLIES = frozenset((ACK, PRESENCE, PRESENCE_STATS, ERROR))
+
+#: A WebSocket close reason holds at most 123 bytes of UTF-8 (RFC 6455 5.5).
+MAX_CLOSE_REASON_BYTES = 123
 
 #: Longest line accepted from the broker (bytes, without the newline). The
 #: broker's own limit for a backend line is 16 MiB; a longer partial line means
@@ -199,8 +266,9 @@ _NEW_MESSAGE_START = len(_NEW_MESSAGE_PREFIX)
 _CONTEXT_KEY = ',"context":'
 _CONTEXT_START = len(_CONTEXT_KEY)
 _CONTEXT_CACHE_MAX = 10_000
-#: context JSON text -> (client_id, room_id), for contexts with empty metadata
-_context_cache: Dict[str, Tuple[str, str]] = {}
+#: context JSON text -> (client_id, room_id, connection_id, rooms), for
+#: contexts with empty metadata
+_context_cache: Dict[str, Tuple[str, str, str, Tuple[str, ...]]] = {}
 
 
 def decode_new_message(line: str) -> Optional[Tuple[str, Context]]:
@@ -219,7 +287,7 @@ def decode_new_message(line: str) -> Optional[Tuple[str, Context]]:
     context_text = line[end + _CONTEXT_START : -2]
     known = _context_cache.get(context_text)
     if known is not None:
-        return message, Context(known[0], known[1], {})
+        return message, Context(known[0], known[1], {}, known[2], [*known[3]])
     try:
         c, c_end = _scan_once(context_text, 0)
     except (StopIteration, ValueError):
@@ -231,11 +299,18 @@ def decode_new_message(line: str) -> Optional[Tuple[str, Context]]:
     metadata = c.get("metadata")
     if type(client_id) is not str or type(room_id) is not str or type(metadata) is not dict:
         return None
+    connection_id = c.get("connection_id", "")
+    rooms = c.get("rooms", [])
+    if type(connection_id) is not str or type(rooms) is not list:
+        return None
+    for room in rooms:
+        if type(room) is not str:
+            return None
     if not metadata:
         if len(_context_cache) >= _CONTEXT_CACHE_MAX:
             _context_cache.clear()
-        _context_cache[context_text] = (client_id, room_id)
-    return message, Context(client_id, room_id, metadata)
+        _context_cache[context_text] = (client_id, room_id, connection_id, tuple(rooms))
+    return message, Context(client_id, room_id, metadata, connection_id, rooms)
 
 
 def _decode_slow(line: str) -> Dict[str, Any]:
@@ -353,11 +428,23 @@ def _is_text(value: object) -> bool:
     return True
 
 
-def encode_response(request_id: str, accepted: bool, context: Optional[Context]) -> bytes:
+def encode_response(
+    request_id: str,
+    accepted: bool,
+    context: Optional[Context],
+    *,
+    rooms: Sequence[str] = (),
+    subprotocol: Optional[str] = None,
+    status: Optional[int] = None,
+    reason: str = "",
+) -> bytes:
     """``response`` to the ``connection_request`` whose id is ``request_id``.
 
     The context's fields are always included when there is a context (also
     for a rejection: harmless, and it tells the broker's logs who was refused).
+    Protocol 1.1 fields, each only when set: on acceptance ``rooms`` (more
+    rooms to join besides ``context.room_id``) and ``subprotocol``; on
+    rejection ``status`` (400-499) and ``reason`` (the plain-text body).
     """
     params: Dict[str, Any] = {"accepted": bool(accepted)}
     if context is not None:
@@ -373,7 +460,33 @@ def encode_response(request_id: str, accepted: bool, context: Optional[Context])
         params["client_id"] = client_id
         params["room_id"] = room_id
         params["metadata"] = metadata
+    if accepted:
+        if rooms:
+            params["rooms"] = [check_text("rooms[]", room) for room in rooms]
+        if subprotocol is not None:
+            params["subprotocol"] = check_text("subprotocol", subprotocol)
+    elif status is not None:
+        if type(status) is not int or not 400 <= status <= 499:
+            raise ValueError(f"status must be an int from 400 to 499, got {status!r}")
+        params["status"] = status
+        if reason:
+            params["reason"] = check_text("reason", reason)
     return encode_line(RESPONSE, params, request_id)
+
+
+def encode_decision(request_id: str, request: ConnectionRequestContext, accepted: bool) -> bytes:
+    """The ``response`` that carries out the decision on ``request``: its
+    context, extra rooms and subprotocol when accepted; the status and reason
+    of :meth:`~pystrands.context.ConnectionRequestContext.reject` when not."""
+    return encode_response(
+        request_id,
+        accepted,
+        request.context,
+        rooms=request.rooms,
+        subprotocol=request.subprotocol,
+        status=request.status,
+        reason=request.reason,
+    )
 
 
 #: Environment variable the clients read the backend token from when no
@@ -386,7 +499,8 @@ class ConnectionSettings:
     and the asyncio clients (not I/O: the clients do the connecting).
 
     The arguments become attributes of the same names (the 1.0.0 API);
-    ``token`` defaults to ``$PYSTRANDS_BACKEND_TOKEN``. After setting them,
+    ``token`` defaults to ``$PYSTRANDS_BACKEND_TOKEN``; ``reply_timeout``
+    (seconds, default 5) bounds every wait for a reply. After setting them,
     ``__init__`` calls :meth:`_setup` for the client's own state.
     """
 
@@ -400,6 +514,7 @@ class ConnectionSettings:
         reconnect_backoff: float = 2.0,
         *,
         token: Optional[str] = None,
+        reply_timeout: float = 5.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -410,6 +525,10 @@ class ConnectionSettings:
         #: Sent first on every connection when set (the broker's --backend-token);
         #: defaults to $PYSTRANDS_BACKEND_TOKEN.
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        #: Seconds to wait for the broker's reply to a request (``presence``,
+        #: ``presence_stats``, any call with ``ack=True``) before raising
+        #: :class:`~pystrands.errors.ReplyTimeoutError`.
+        self.reply_timeout = check_reply_timeout(reply_timeout)
         #: True while a connection to the broker is open and usable for sending.
         self.connected = False
         self._setup()
@@ -429,12 +548,26 @@ class ConnectionSettings:
             delay = min(max(delay, 0.01) * self.reconnect_backoff, self.max_reconnect_delay)
 
 
-def encode_auth(token: str) -> bytes:
+def check_reply_timeout(seconds: float) -> float:
+    """``seconds`` if it is a usable reply timeout (a positive number), else ValueError."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise ValueError(f"reply_timeout must be a positive number of seconds, got {seconds!r}")
+    return float(seconds)
+
+
+def encode_auth(token: Optional[str], *, events: bool = True) -> bytes:
     """``auth``: the first line on a broker that requires ``--backend-token``
-    (a broker without a token ignores it)."""
-    if not isinstance(token, str):
-        raise TypeError(f"token must be a str, not {type(token).__name__}")
-    return encode_line(AUTH, {"token": token})
+    (a broker without a token ignores the token). ``events=False`` (protocol
+    1.1) makes the connection a publisher: the broker sends it replies only,
+    never connection requests or client events; ``token`` may then be None."""
+    params: Dict[str, Any] = {}
+    if not events:
+        params["events"] = False
+    if token is not None or events:
+        if not isinstance(token, str):
+            raise TypeError(f"token must be a str, not {type(token).__name__}")
+        params["token"] = token
+    return encode_line(AUTH, params)
 
 
 def connection_request_from_event(
@@ -453,18 +586,25 @@ def connection_request_from_event(
 def connection_request_from_params(params: Dict[str, Any]) -> ConnectionRequestContext:
     """The request object handed to ``on_connection_request``, with the defaults
     of pystrands 1.0.0: a new UUID4 ``client_id``, ``room_id`` = the URL path,
-    empty metadata, ``accepted = True``."""
+    empty metadata, ``accepted = True``; plus, from a protocol 1.1 broker, the
+    ``connection_id`` and the raw ``query`` string."""
     url = params.get("url")
     if not isinstance(url, str):
         url = ""
     headers = params.get("headers")
     remote_addr = params.get("remote_addr")
+    connection_id = params.get("connection_id")
+    if not isinstance(connection_id, str):
+        connection_id = ""
+    query = params.get("query")
     return ConnectionRequestContext(
         headers if isinstance(headers, dict) else {},
         url,
         remote_addr if isinstance(remote_addr, str) else "",
-        Context(str(uuid.uuid4()), url, {}),
+        Context(str(uuid.uuid4()), url, {}, connection_id),
         True,
+        connection_id=connection_id,
+        query=query if isinstance(query, str) else "",
     )
 
 
@@ -472,11 +612,6 @@ def context_from_params(params: Dict[str, Any]) -> Context:
     """The :class:`Context` of an event (empty fields when the event has none,
     e.g. an ``error`` about a line the broker could not use)."""
     c = params.get("context")
-    if type(c) is dict:
-        try:
-            return Context(c["client_id"], c["room_id"], c["metadata"])
-        except KeyError:
-            pass
     return Context.from_json(c if isinstance(c, dict) else None)
 
 
@@ -485,3 +620,415 @@ def decide_accepted(result: object, request: ConnectionRequestContext) -> bool:
     if result is True or result is False:
         return result
     return bool(request.accepted)
+
+
+# ---------------------------------------------------------------------------
+# The dispatch core: one per client, publisher or application.
+
+logger = logging.getLogger("pystrands.protocol")
+
+#: A handler call for the I/O layer to make, in the broker's order: the
+#: handler and its arguments. The last argument is always the event's
+#: :class:`Context`, whose ``connection_id`` (or ``client_id``) can key
+#: per-connection ordering.
+Call = Tuple[Callable[..., Any], Tuple[Any, ...]]
+
+
+class Waiter(Protocol):
+    """What the I/O layer registers to receive a reply: the part of the
+    interface that ``concurrent.futures.Future`` and ``asyncio.Future`` share."""
+
+    def done(self) -> bool: ...
+
+    def set_result(self, result: Any) -> None: ...
+
+    def set_exception(self, exception: BaseException) -> None: ...
+
+
+class Request:
+    """A line that expects a reply: ``action`` (the wire action), its
+    ``request_id``, the encoded ``line``, and the ``reply`` action that answers
+    it (``ack``, ``presence`` or ``presence_stats``; ``error`` always may)."""
+
+    __slots__ = ("action", "request_id", "line", "reply")
+
+    def __init__(self, action: str, request_id: str, line: bytes, reply: str) -> None:
+        self.action = action
+        self.request_id = request_id
+        self.line = line
+        self.reply = reply
+
+    def __repr__(self) -> str:
+        return f"Request({self.action!r}, request_id={self.request_id!r}, reply={self.reply!r})"
+
+
+#: What a command method of :class:`BackendProtocol` returns: the line to
+#: write (nothing comes back), or a :class:`Request` (a reply will).
+Outgoing = Union[bytes, Request]
+
+#: Called with (request_id, request, awaitable) when ``on_connection_request``
+#: returned an awaitable: the asyncio layer awaits it, then writes
+#: :meth:`BackendProtocol.decision`.
+Defer = Callable[[str, ConnectionRequestContext, Awaitable[Any]], None]
+
+
+class BackendProtocol:
+    """The backend's side of the broker link, without I/O: routing, decisions,
+    reply matching and command encoding, written once for every I/O layer.
+
+    Inbound, :meth:`receive_from` (or :meth:`receive`) takes what was read and:
+
+    1. routes every complete line, in order: a client event becomes a
+       :data:`Call` appended to :attr:`events` (``new_message`` ->
+       ``handlers.on_message(message, context)``, ``new_connection`` ->
+       ``handlers.on_new_connection(context)``, ``disconnected`` ->
+       ``handlers.on_disconnect(context)``, ``error`` ->
+       ``handlers.on_error(error, context)``); a reply (``ack``,
+       ``presence``, ``presence_stats``, or ``error``, whose ``request_id`` is
+       a pending request's) settles that request's waiter; heartbeats and
+       unknown actions are dropped (as pystrands 1.0.0 does);
+    2. then answers the chunk's connection requests: it calls
+       ``handlers.on_connection_request(request)`` and returns the
+       ``response`` lines for the I/O layer to write at once. A handler that
+       returns an awaitable is handed to ``defer`` (the asyncio layer), which
+       later writes :meth:`decision`.
+
+    Events are queued before any connection-request handler runs, so events
+    that a handler's own wait for a reply lets in (a nested read) queue
+    behind the chunk's: :attr:`events` is always in the broker's order.
+
+    ``handlers`` is the object whose ``on_*`` methods handle events (a client),
+    or None for a publisher, which gets replies only: events it is sent
+    anyway are dropped with a warning.
+
+    Thread-safety: one thread receives at a time (the I/O layer's read role);
+    :meth:`expect`, :meth:`forget` and the command methods may be called from
+    any thread (the pending table is changed only by single dict operations).
+    """
+
+    def __init__(self, handlers: Optional[Any], *, defer: Optional[Defer] = None) -> None:
+        self.handlers = handlers
+        self.defer = defer
+        #: Handler calls not yet made, in the broker's order; the I/O layer
+        #: pops them from the left.
+        self.events: Deque[Call] = deque()
+        #: Request ids "1", "2", ...: unique per client, thread-safe (C-level ``next``).
+        self.next_id: Callable[[], str] = map(str, count(1)).__next__
+        self._pending: Dict[str, Tuple[Request, Waiter]] = {}
+        self._lines = LineBuffer()
+        self._warned_events = False
+
+    # ------------------------------------------------------------------ link
+
+    def connection_made(self) -> None:
+        """A new connection to the broker: forget any partial line of the old one."""
+        self._lines = LineBuffer()
+
+    def connection_lost(self, peer: str) -> None:
+        """The connection is gone: every request still waiting fails with
+        :class:`~pystrands.errors.PyStrandsConnectionError`."""
+        while True:
+            try:
+                _, (request, waiter) = self._pending.popitem()
+            except KeyError:
+                return
+            if not waiter.done():
+                waiter.set_exception(
+                    PyStrandsConnectionError(
+                        f"connection to the broker at {peer} lost before the reply to {request.action}"
+                    )
+                )
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of an unfinished line held until its newline arrives."""
+        return self._lines.pending_bytes
+
+    # ------------------------------------------------------------------ inbound
+
+    def receive_from(self, buffer: bytearray, size: int) -> List[bytes]:
+        """Route the first ``size`` bytes of a reused receive buffer (see
+        :meth:`LineBuffer.feed_from`); return the answers to write now.
+        Raises :class:`ProtocolError` for a line over the size limit."""
+        return self.receive_lines(self._lines.feed_from(buffer, size))
+
+    def receive(self, data: bytes) -> List[bytes]:
+        """Like :meth:`receive_from`, for a bytes chunk."""
+        return self.receive_lines(self._lines.feed(data))
+
+    def receive_lines(self, lines: Iterable[str]) -> List[bytes]:
+        """Route complete lines (step 1), then answer their connection
+        requests (step 2); return the ``response`` lines to write now."""
+        handlers = self.handlers
+        on_message = handlers.on_message if handlers is not None else None
+        append = self.events.append
+        fast = decode_new_message
+        requests: Optional[List[Dict[str, Any]]] = None
+        for line in lines:
+            if on_message is not None:
+                known = fast(line)
+                if known is not None:
+                    append((on_message, known))
+                    continue
+            if not line:
+                continue
+            try:
+                event = decode(line)
+            except ProtocolError as exc:
+                logger.error("%s", exc)
+                continue
+            action = event.get("action")
+            if action == CONNECTION_REQUEST:
+                if requests is None:
+                    requests = []
+                requests.append(event)
+            elif action != HEARTBEAT and type(action) is str:
+                self._route(action, event)
+        if requests is None:
+            return []
+        answers = []
+        for event in requests:
+            answer = self._answer(event)
+            if answer is not None:
+                answers.append(answer)
+        return answers
+
+    def _route(self, action: str, event: Dict[str, Any]) -> None:
+        params = event.get("params")
+        if type(params) is not dict:
+            params = {}
+        if action in _REPLIES:
+            request_id = event.get("request_id")
+            entry = self._pending.pop(request_id, None) if type(request_id) is str else None
+            if entry is not None:
+                self._settle(entry[0], entry[1], action, params)
+                return
+            if action != ERROR:  # a reply that came after its request timed out
+                logger.debug("no request waits for the %s reply %r", action, request_id)
+                return
+        call = self._call_for(action, params)
+        if call is not None:
+            self.events.append(call)
+
+    def _call_for(self, action: str, params: Dict[str, Any]) -> Optional[Call]:
+        """Pick the handler of an event (None: nothing to call)."""
+        handlers = self.handlers
+        if handlers is None:
+            if action == ERROR:
+                logger.warning("broker reported an error: %s", params.get("error", ""))
+            elif action in (NEW_MESSAGE, NEW_CONNECTION, DISCONNECTED):
+                self._unexpected(action)
+            return None
+        try:
+            if action == NEW_MESSAGE:
+                message = params["message"]
+                if "binary" in params and params["binary"] is True:
+                    message = decode_binary(message)
+                elif type(message) is not str:
+                    raise TypeError(f"message is a {type(message).__name__}")
+                return handlers.on_message, (message, context_from_params(params))
+            if action == NEW_CONNECTION:
+                return handlers.on_new_connection, (context_from_params(params),)
+            if action == DISCONNECTED:
+                return handlers.on_disconnect, (context_from_params(params),)
+            if action == ERROR:
+                return handlers.on_error, (params.get("error", ""), context_from_params(params))
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            logger.error("malformed %s event from the broker (%s): dropped", action, exc)
+        return None
+
+    def _answer(self, event: Dict[str, Any]) -> Optional[bytes]:
+        request_id, request = connection_request_from_event(event)
+        handlers = self.handlers
+        if handlers is None:
+            self._unexpected(CONNECTION_REQUEST)
+            return None
+        try:
+            result = handlers.on_connection_request(request)
+        except Exception:
+            return self.refusal(request_id, request)
+        if result is not None and self.defer is not None and isawaitable(result):
+            self.defer(request_id, request, result)
+            return None
+        return self.decision(request_id, request, result)
+
+    def decision(self, request_id: str, request: ConnectionRequestContext, result: object) -> bytes:
+        """The ``response`` for a handler's ``result`` (see :func:`decide_accepted`);
+        a refusal if the request cannot be encoded (e.g. a non-str client_id)."""
+        try:
+            return encode_decision(request_id, request, decide_accepted(result, request))
+        except Exception:
+            return self.refusal(request_id, request)
+
+    def refusal(self, request_id: str, request: ConnectionRequestContext) -> bytes:
+        """The ``response`` refusing ``request`` after its handler failed; call
+        it inside the ``except`` block (the traceback is logged)."""
+        logger.exception(
+            "on_connection_request failed; rejecting the connection from %s to %s",
+            request.remote_addr,
+            request.url,
+        )
+        return encode_response(request_id, False, None)
+
+    def _unexpected(self, action: str) -> None:
+        level = logging.DEBUG if self._warned_events else logging.WARNING
+        self._warned_events = True
+        logger.log(
+            level,
+            "a publisher was sent a %s event and dropped it: this broker does not "
+            "support publisher connections (protocol 1.1)",
+            action,
+        )
+
+    # ------------------------------------------------------------------ replies
+
+    def expect(self, request: Request, waiter: Waiter) -> None:
+        """Settle ``waiter`` with the reply to ``request`` (register it before
+        writing the line): the reply's value, or an exception:
+        :class:`~pystrands.errors.BrokerError` for an ``error`` reply,
+        :class:`ProtocolError` for a malformed one,
+        :class:`~pystrands.errors.PyStrandsConnectionError` if the connection
+        is lost first."""
+        self._pending[request.request_id] = (request, waiter)
+
+    def forget(self, request: Request) -> None:
+        """Stop waiting for the reply to ``request`` (it timed out or was cancelled)."""
+        self._pending.pop(request.request_id, None)
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for their reply."""
+        return len(self._pending)
+
+    @staticmethod
+    def _settle(request: Request, waiter: Waiter, action: str, params: Dict[str, Any]) -> None:
+        if waiter.done():
+            return
+        if action == ERROR:
+            waiter.set_exception(BrokerError(request.action, str(params.get("error", ""))))
+            return
+        try:
+            value = parse_reply(request.reply, action, params)
+        except ProtocolError as exc:
+            waiter.set_exception(exc)
+            return
+        waiter.set_result(value)
+
+    # ------------------------------------------------------------------ commands
+    # The public methods (pystrands.commands.Commands) validate their
+    # arguments with the functions below and build their lines here.
+
+    def command(self, action: str, params: Dict[str, Any], ack: bool = False) -> Outgoing:
+        """``action`` with ``params``: the line (fire-and-forget), or with
+        ``ack`` a :class:`Request` answered by an ``ack`` reply."""
+        if ack:
+            params["ack"] = True
+            return self.request(action, params, ACK)
+        return encode_line(action, params, self.next_id())
+
+    def request(self, action: str, params: Dict[str, Any], reply: str = ACK) -> Request:
+        """A :class:`Request`: ``action`` with ``params``, answered by ``reply``
+        (or ``error``) with the same request_id."""
+        request_id = self.next_id()
+        return Request(action, request_id, encode_line(action, params, request_id), reply)
+
+
+def parse_reply(expected: str, action: str, params: Dict[str, Any]) -> Any:
+    """The value of a reply: ``ack`` -> int (connections reached), ``presence``
+    -> list of :class:`PresenceEntry`, ``presence_stats`` ->
+    :class:`PresenceStats`. :class:`ProtocolError` if it is not the reply
+    ``expected`` or is malformed."""
+    if action != expected:
+        raise ProtocolError(f"expected a {expected} reply from the broker, got {action}")
+    if expected == ACK:
+        return _count(params, "connections", ACK)
+    if expected == PRESENCE_STATS:
+        return PresenceStats(
+            _count(params, "clients", PRESENCE_STATS), _count(params, "connections", PRESENCE_STATS)
+        )
+    if expected == PRESENCE:
+        clients = params.get("clients")
+        if type(clients) is not list:
+            raise ProtocolError("presence reply without a clients list")
+        entries = []
+        for entry in clients:
+            if type(entry) is not dict or type(entry.get("client_id")) is not str:
+                raise ProtocolError(f"presence reply with a malformed entry: {entry!r}")
+            metadata = entry.get("metadata")
+            connections = entry.get("connections")
+            if not isinstance(connections, list) or not all(type(c) is str for c in connections):
+                raise ProtocolError(f"presence reply with malformed connections: {entry!r}")
+            entries.append(
+                PresenceEntry(entry["client_id"], metadata if type(metadata) is dict else {}, connections)
+            )
+        return entries
+    return params
+
+
+def _count(params: Dict[str, Any], key: str, action: str) -> int:
+    value = params.get(key)
+    if type(value) is not int or value < 0:
+        raise ProtocolError(f"{action} reply without a count in {key}: {value!r}")
+    return value
+
+
+def check_text(name: str, value: object) -> str:
+    """``value`` if it is a str that can be sent (no lone surrogates), else
+    TypeError/ValueError naming ``name``."""
+    if not _is_text(value):
+        raise _bad_text(name, value)
+    return value  # type: ignore[return-value]
+
+
+def message_params(message: Message) -> Dict[str, Any]:
+    """``{"message": ...}`` for a text message, base64 plus ``"binary": true``
+    for a bytes-like one; TypeError/ValueError for anything else."""
+    if isinstance(message, _BYTES_TYPES):
+        return {"message": b64encode(message).decode("ascii"), "binary": True}
+    return {"message": check_text("message", message)}
+
+
+def id_list(name: str, ids: Iterable[str]) -> List[str]:
+    """``ids`` (connection ids) as a list of str; TypeError naming ``name``
+    for a single str or anything that is not a collection of str."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError(f"{name} must be a collection of connection ids, not a single {type(ids).__name__}")
+    try:
+        items = list(ids)
+    except TypeError:
+        raise TypeError(f"{name} must be a collection of connection ids, not {type(ids).__name__}") from None
+    return [check_text(f"{name}[]", item) for item in items]
+
+
+def target_params(method: str, client_id: Optional[str], connection_id: Optional[str]) -> Dict[str, Any]:
+    """The target of a room or connection command, ``{"client_id": ...}`` or
+    ``{"connection_id": ...}``: exactly one of the two, else ValueError naming
+    ``method``."""
+    if client_id is None and connection_id is None:
+        raise ValueError(
+            f"{method} needs a target: client_id=... (every connection of that client) "
+            "or connection_id=... (one connection)"
+        )
+    if client_id is not None and connection_id is not None:
+        raise ValueError(f"{method} takes one target, client_id or connection_id, not both")
+    if client_id is not None:
+        return {"client_id": check_text("client_id", client_id)}
+    return {"connection_id": check_text("connection_id", connection_id)}
+
+
+def check_close_code(code: int) -> int:
+    """``code`` if a backend may close a connection with it: 1000 or 3000-4999."""
+    if type(code) is not int or not (code == 1000 or 3000 <= code <= 4999):
+        raise ValueError(f"disconnect_client: code must be 1000 or 3000-4999, got {code!r}")
+    return code
+
+
+def check_close_reason(reason: str) -> str:
+    """``reason`` if it fits a close frame: at most 123 bytes of UTF-8."""
+    size = len(check_text("reason", reason).encode("utf-8"))
+    if size > MAX_CLOSE_REASON_BYTES:
+        raise ValueError(
+            f"disconnect_client: reason is {size} bytes of UTF-8; a close reason "
+            f"holds at most {MAX_CLOSE_REASON_BYTES}"
+        )
+    return reason

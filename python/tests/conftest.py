@@ -256,3 +256,70 @@ def clients() -> Iterator[List[Any]]:
             c.disconnect(timeout=2.0)
         except Exception:
             pass
+
+
+# ---------------------------------------------------------------- protocol 1.1 helpers
+
+
+class TabBackend(pystrands.PyStrandsClient):
+    """A sync backend for the room and connection tests.
+
+    The ``X-User`` header names the client_id (so several tabs can share one),
+    the path without slashes the room, ``X-Join`` (comma separated) more rooms
+    to join at accept. It records ``("connected", context)``,
+    ``("message", text, context)`` and ``("disconnected", context)`` in
+    ``events``; a message ``who?`` is answered with the presence of the
+    sender's room (a request made inside a handler).
+    """
+
+    def __init__(self, events: "Events", *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.events = events
+
+    def on_connection_request(self, request: Any) -> None:
+        user = request.header("X-User")
+        if user:
+            request.context.client_id = user
+        request.context.room_id = request.url.strip("/")
+        extra = request.header("X-Join")
+        if extra:
+            request.join(*extra.split(","))
+
+    def on_new_connection(self, context: Any) -> None:
+        self.events.put("connected", context)
+
+    def on_message(self, message: Any, context: Any) -> None:
+        if message == "who?":
+            entries = self.presence(context.room_id)
+            names = ",".join(sorted(e.client_id for e in entries))
+            self.send_connection_message(context.connection_id, "here:" + names)
+        self.events.put("message", message, context)
+
+    def on_disconnect(self, context: Any) -> None:
+        self.events.put("disconnected", context)
+
+
+@pytest.fixture
+def tab_backend(broker: Broker, clients: List[Any], events: "Events") -> TabBackend:
+    backend = TabBackend(events, "127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
+    clients.append(backend)
+    assert backend.connect()
+    return backend
+
+
+def open_tab(stack: Any, broker: Broker, events: "Events", path: str, user: str, **headers: str) -> Tuple[Any, Any]:
+    """Open a WebSocket (closed by ``stack``) as ``user`` and return it with
+    its context, as the backend's ``new_connection`` reported it."""
+    from websockets.sync.client import connect as ws_connect
+
+    extra = {"X-User": user}
+    extra.update({k.replace("_", "-"): v for k, v in headers.items()})
+    ws = stack.enter_context(ws_connect(broker.ws_url(path), open_timeout=TIMEOUT, additional_headers=extra))
+    _, context = events.get("connected")
+    assert context.client_id == user
+    return ws, context
+
+
+def next_frames(ws: Any, count: int) -> List[Any]:
+    """The next ``count`` frames a WebSocket receives."""
+    return [ws.recv(timeout=TIMEOUT) for _ in range(count)]
