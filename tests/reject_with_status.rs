@@ -25,7 +25,7 @@ fn a_rejection_carries_the_chosen_status_and_body() {
         "{reply}"
     );
     assert!(
-        reply.ends_with("\r\n\r\ntoken expired, sign in again\n"),
+        reply.ends_with("\r\n\r\ntoken expired, sign in again"),
         "{reply}"
     );
 

@@ -92,6 +92,7 @@ class Broker:
             "--host", "127.0.0.1",
             "--ws-port", str(ws_port),
             "--tcp-port", str(tcp_port),
+            "--admin-port", "0",
             "--connect-timeout", str(self.connect_timeout),
             "--log-level", "info",
             *self.extra_args,

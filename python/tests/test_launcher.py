@@ -94,7 +94,7 @@ def test_missing_binary_says_how_to_build_it():
 def test_signals_stop_the_server_cleanly(broker_binary, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pystrands", "server", "--host", "127.0.0.1",
-         "--ws-port", "0", "--tcp-port", "0", "--log-level", "info"],
+         "--ws-port", "0", "--tcp-port", "0", "--admin-port", "0", "--log-level", "info"],
         env=env_with(PYSTRANDS_SERVER_BIN=broker_binary),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )

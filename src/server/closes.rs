@@ -104,6 +104,10 @@ impl Server {
                 c.outq.push(Rc::from(reply));
                 Some(false)
             }
+            Ending::Reply(reply) => {
+                c.outq.push(Rc::from(reply));
+                Some(false)
+            }
             Ending::Flush => Some(false),
             Ending::Close {
                 code,

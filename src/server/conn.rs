@@ -90,6 +90,8 @@ pub(super) enum Ending {
         text: &'static str,
         reason: Cow<'static, str>,
     },
+    /// Send this complete HTTP reply (before any upgrade) and close.
+    Reply(Box<[u8]>),
     /// Close once what is already queued is written.
     Flush,
     /// Send a close frame; wait for the client's close when `await_peer`.

@@ -187,18 +187,17 @@ impl Server {
         if !answer.accepted {
             self.stats.rejected += 1;
             let status = answer.status.unwrap_or(403);
-            let reason = match answer.reason {
-                Some(reason) => reason.into_owned().into(),
-                None => "connection rejected by the application".into(),
-            };
-            self.end_client(
-                ckey,
-                Ending::Http {
+            let reply = match answer.reason {
+                // The backend's body, exactly.
+                Some(reason) => handshake::http_reply(status, reason.as_bytes()),
+                None => handshake::http_response(
                     status,
-                    text: handshake::reason_phrase(status),
-                    reason,
-                },
-            );
+                    handshake::reason_phrase(status),
+                    "connection rejected by the application",
+                    "",
+                ),
+            };
+            self.end_client(ckey, Ending::Reply(reply.into_boxed_slice()));
             return;
         }
         if let (Phase::Pending { protocols, .. }, Some(protocol)) =

@@ -263,7 +263,22 @@ pub fn reason_phrase(status: u16) -> &'static str {
         .unwrap_or("Unknown")
 }
 
-/// A complete HTTP reply that closes the connection, `reason` as plain text body.
+/// A complete HTTP reply that closes the connection, with `body` exactly as
+/// its plain-text body.
+pub fn http_reply(status: u16, body: &[u8]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// A complete HTTP reply that closes the connection, `reason` and a newline
+/// as plain text body.
 pub fn http_response(status: u16, text: &str, reason: &str, extra_headers: &str) -> Vec<u8> {
     let mut out = String::with_capacity(160 + reason.len());
     let _ = write!(
