@@ -212,3 +212,25 @@ fn the_soft_open_file_limit_is_raised_to_the_hard_one() {
     let values: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(values, ["200", "200"], "{line}");
 }
+
+/// Under `ulimit -n 64` the broker keeps a reserve of descriptors for
+/// backends and still serves dozens of clients (with a fixed reserve of 64
+/// it served one).
+#[test]
+fn a_low_open_file_limit_still_serves_dozens_of_clients() {
+    let broker = start_with_limits(&[], 64, 64);
+    let cap = lowered_cap(&broker, 64);
+    assert!(cap >= 40, "lowered to {cap}");
+    let mut backend = Backend::connect(&broker);
+    let mut clients: Vec<Ws> = (0..40)
+        .map(|i| join(&broker, &mut backend, &format!("c{i}"), "r"))
+        .collect();
+    backend.send_to_room("r", "to all 40");
+    for ws in &mut clients {
+        assert_eq!(recv_text(ws), "to all 40");
+    }
+    // A second backend still finds a descriptor.
+    let mut second = Backend::connect(&broker);
+    second.send_to_room("r", "from the second");
+    assert_eq!(recv_text(&mut clients[0]), "from the second");
+}

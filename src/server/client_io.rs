@@ -291,7 +291,7 @@ impl Server {
             );
             let cost = c.outq.cost();
             c.outq.discard_unstarted();
-            self.sys.freed(cost - c.outq.cost());
+            self.sys.discarded(cost - c.outq.cost());
         }
         self.end_client(key, Ending::close(1008, "slow consumer"));
     }

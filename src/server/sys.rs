@@ -85,23 +85,33 @@ const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
 /// Returns freed memory to the system. glibc's allocator keeps memory it
 /// was given back in its arenas, so a burst (a client that queued
 /// megabytes, thousands of closed connections) would stay resident after
-/// it passed; once enough was freed, at most once a second, the broker
-/// asks it to return what it holds unused (`malloc_trim`).
+/// it passed. After connections closed, or once a megabyte of buffers was
+/// freed, the broker asks it, at most once a second, to return what it
+/// holds unused (`malloc_trim`: it walks the allocator's free lists, well
+/// under a millisecond for a heap of tens of megabytes).
 #[derive(Debug, Default)]
 pub(super) struct MemoryReturn {
     freed: usize,
+    closed: bool,
     last: Option<Instant>,
 }
 
 impl MemoryReturn {
-    /// `bytes` of buffers were freed.
+    /// `bytes` of buffers were freed with a connection that closed.
     pub fn freed(&mut self, bytes: usize) {
+        self.freed += bytes;
+        self.closed = true;
+    }
+
+    /// `bytes` of buffers were freed, the connection open.
+    pub fn discarded(&mut self, bytes: usize) {
         self.freed += bytes;
     }
 
-    /// At the end of a turn: gives memory back if enough was freed.
+    /// At the end of a turn: gives memory back if there is some to give.
     pub fn give_back(&mut self, now: Instant) {
-        if self.freed < GIVE_BACK_AFTER
+        let due = self.closed || self.freed >= GIVE_BACK_AFTER;
+        if !due
             || self
                 .last
                 .is_some_and(|at| now.duration_since(at) < GIVE_BACK_EVERY)
@@ -109,6 +119,7 @@ impl MemoryReturn {
             return;
         }
         self.freed = 0;
+        self.closed = false;
         self.last = Some(now);
         trim();
     }

@@ -298,6 +298,12 @@ impl Backend {
         let _ = self.writer.write_all(&bytes);
     }
 
+    /// Writes `bytes` as they are; the error, if the broker closed the
+    /// connection (bounded by the socket's write timeout, if one is set).
+    pub fn try_write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
     /// Sends one JSON value as a line.
     pub fn send(&mut self, v: &Value) {
         self.send_raw(&v.to_string());

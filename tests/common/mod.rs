@@ -243,6 +243,34 @@ impl Broker {
             .unwrap_or_else(|| panic!("no VmRSS in the broker's status:\n{status}"))
     }
 
+    /// Peak resident memory since start (VmHWM of /proc/PID/status), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read the broker's /proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in the broker's status:\n{status}"))
+    }
+
+    /// Waits (bounded by `limit`) until the broker's resident memory is at
+    /// most `kib`; panics with the last reading otherwise.
+    pub fn wait_rss_at_most(&self, kib: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            let rss = self.rss_kib();
+            if rss <= kib {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the broker's RSS is {rss} KiB, still above {kib} KiB after {limit:?}"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Open file descriptors (entries of /proc/PID/fd).
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))

@@ -154,6 +154,74 @@ pub fn raw_connect(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A TCP connection to `addr` whose receive buffer is `rcvbuf` bytes from
+/// the start (set before connecting, so the window it advertises is small
+/// from the first segment), with read and write timeouts of [`TIMEOUT`].
+pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: usize) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: a new socket we own; closed by the TcpStream made from it.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` is a socket we just made and now own.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    set_socket_buffer(&stream, libc::SO_RCVBUF, rcvbuf);
+    let std::net::SocketAddr::V4(v4) = addr else {
+        panic!("IPv4 only: {addr}");
+    };
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: v4.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*v4.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: connect on our socket with a valid sockaddr_in of its size.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+/// [`raw_join`] for a client whose receive buffer is `rcvbuf` bytes from
+/// its first segment: one that reads little or nothing fills quickly.
+pub fn raw_join_small(
+    broker: &Broker,
+    backend: &mut Backend,
+    client_id: &str,
+    room: &str,
+    rcvbuf: usize,
+) -> TcpStream {
+    let mut stream = connect_with_rcvbuf(broker.ws, rcvbuf);
+    let request = format!(
+        "GET /ws/{room} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        broker.ws
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let request = backend.expect("connection_request");
+    backend.respond(
+        &request,
+        json!({"accepted": true, "client_id": client_id, "room_id": room}),
+    );
+    let head = read_http_head(&mut stream);
+    assert_eq!(status_of(&head), 101, "upgrade refused: {head}");
+    backend.expect("new_connection");
+    stream
+}
+
 /// Opens a raw TCP connection to the WebSocket port and sends an upgrade
 /// request for `path` by hand.
 pub fn raw_upgrade_request(broker: &Broker, path: &str) -> TcpStream {
