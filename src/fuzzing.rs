@@ -205,3 +205,290 @@ pub fn backend_lines(data: &[u8]) {
         }
     }
 }
+
+/// Most clients and backends the server harness opens.
+const MAX_FAKE_CLIENTS: usize = 8;
+const MAX_FAKE_BACKENDS: usize = 3;
+
+/// A valid upgrade request (with a query and an offered subprotocol).
+const UPGRADE: &[u8] = b"GET /ws/r0?token=t HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\
+Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: chat\r\n\r\n";
+
+/// Backend lines the harness picks from; `{id}` is replaced by the latest
+/// request id the backend was sent, `{n}` by a small number, `{cid}` by a
+/// connection id seen in its output.
+const LINES: &[&str] = &[
+    r#"{"action":"response","request_id":"{id}","params":{"accepted":true,"client_id":"c{n}","room_id":"r{n}","rooms":["r0","x"],"metadata":{"n":{n}}}}"#,
+    r#"{"action":"response","request_id":"{id}","params":{"accepted":false,"status":401,"reason":"no"}}"#,
+    r#"{"action":"response","request_id":"{id}","params":{"accepted":true,"subprotocol":"chat"}}"#,
+    r#"{"action":"response","request_id":"{id}","params":{"accepted":true,"subprotocol":"nope"}}"#,
+    r#"{"action":"message_to_room","request_id":"m","params":{"room_id":"r{n}","message":"hello {n}","ack":true}}"#,
+    r#"{"action":"message_to_room","params":{"room_id":"r0","message":"AAH/","binary":true,"exclude":["{cid}"]}}"#,
+    r#"{"action":"broadcast","params":{"message":"all"}}"#,
+    r#"{"action":"message_to_connection","params":{"conn_id":"c{n}","message":"you"}}"#,
+    r#"{"action":"message_to_connection","params":{"connection_id":"{cid}","message":"tab"}}"#,
+    r#"{"action":"join_room","request_id":"j","params":{"client_id":"c{n}","room_id":"r{n}","ack":true}}"#,
+    r#"{"action":"leave_room","params":{"connection_id":"{cid}","room_id":"r0"}}"#,
+    r#"{"action":"disconnect","params":{"client_id":"c{n}","code":4000,"reason":"bye"}}"#,
+    r#"{"action":"set_metadata","params":{"connection_id":"{cid}","metadata":{"k":[{n}]}}}"#,
+    r#"{"action":"presence","request_id":"p","params":{"room_id":"r{n}"}}"#,
+    r#"{"action":"presence_stats","request_id":"s","params":{"room_id":"r0"}}"#,
+    r#"{"action":"auth","params":{"events":false}}"#,
+    r#"{"action":"nope"}"#,
+];
+
+/// One in-memory connection of the harness.
+struct FakePeer {
+    which: crate::server::Fake,
+    pipe: crate::server::FakeStream,
+}
+
+impl FakePeer {
+    fn new(server: &mut crate::server::Server, client: bool) -> FakePeer {
+        let pipe = crate::server::FakeStream::default();
+        pipe.0.borrow_mut().room = 1 << 20;
+        let which = if client {
+            server.harness_client(pipe.clone())
+        } else {
+            server.harness_backend(pipe.clone())
+        };
+        let peer = FakePeer { which, pipe };
+        // A new socket is writable: the poller says so once.
+        peer.ready(server);
+        peer
+    }
+
+    fn send(&self, server: &mut crate::server::Server, bytes: &[u8]) {
+        self.pipe.0.borrow_mut().input.extend_from_slice(bytes);
+        self.ready(server);
+    }
+
+    fn ready(&self, server: &mut crate::server::Server) {
+        if server.harness_alive(self.which) {
+            let signal = crate::socket::Signal {
+                readable: true,
+                writable: true,
+                read_closed: self.pipe.0.borrow().eof,
+                error: false,
+            };
+            server.harness_event(self.which, signal);
+        }
+    }
+
+    /// The `request_id` of the latest `connection_request` in the output,
+    /// and a connection id seen in it.
+    fn seen(&self) -> (String, String) {
+        let p = self.pipe.0.borrow();
+        let text = String::from_utf8_lossy(&p.output);
+        let after = |key: &str| {
+            text.rfind(key)
+                .map(|i| {
+                    let rest = &text[i + key.len()..];
+                    rest.split('"').next().unwrap_or("").to_owned()
+                })
+                .unwrap_or_default()
+        };
+        (after("\"request_id\":\""), after("\"connection_id\":\""))
+    }
+}
+
+/// The server's own state machine through in-memory connections: clients
+/// and backends connect, send arbitrary bytes or well-formed requests,
+/// frames and lines, stop reading, hang up; the loop's turns end in
+/// between. After every turn the loop's invariants hold (bounded queues
+/// and buffers, hub and phases in step, nothing left half-ended), and at
+/// the end every byte a client got is a well-formed HTTP reply followed,
+/// after a 101, by well-formed server frames, and every line a backend got
+/// is JSON.
+pub fn server(data: &[u8]) {
+    use crate::server::Server;
+    let config = crate::config::Config {
+        max_message_size: MAX_MESSAGE,
+        max_fragments: MAX_FRAGMENTS,
+        max_request_size: MAX_REQUEST,
+        max_outbound_bytes: 4096,
+        max_backend_buffer: 4096,
+        max_line_size: 4096,
+        max_pending_requests: 4,
+        queue_size: 8,
+        queue_bytes: 2048,
+        max_connections: MAX_FAKE_CLIENTS,
+        ..crate::config::Config::default()
+    };
+    let Ok(mut server) = Server::for_harness(config) else {
+        return;
+    };
+    let mut clients: Vec<FakePeer> = Vec::new();
+    let mut backends: Vec<FakePeer> = Vec::new();
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next();
+    while let Some(op) = next() {
+        let arg = next().unwrap_or(0);
+        let pick = |list: &Vec<FakePeer>| -> Option<usize> {
+            (!list.is_empty()).then(|| usize::from(arg) % list.len())
+        };
+        match op % 12 {
+            0 if clients.len() < MAX_FAKE_CLIENTS => clients.push(FakePeer::new(&mut server, true)),
+            1 if backends.len() < MAX_FAKE_BACKENDS => {
+                backends.push(FakePeer::new(&mut server, false))
+            }
+            2 => {
+                // Raw bytes to a client: the next `len` bytes of the input.
+                let len = usize::from(next().unwrap_or(0));
+                let chunk: Vec<u8> = (0..len).map_while(|_| next()).collect();
+                if let Some(i) = pick(&clients) {
+                    clients[i].send(&mut server, &chunk);
+                }
+            }
+            3 => {
+                let len = usize::from(next().unwrap_or(0));
+                let chunk: Vec<u8> = (0..len).map_while(|_| next()).collect();
+                if let Some(i) = pick(&backends) {
+                    backends[i].send(&mut server, &chunk);
+                }
+            }
+            4 => {
+                if let Some(i) = pick(&backends) {
+                    let template = LINES[usize::from(next().unwrap_or(0)) % LINES.len()];
+                    let (id, cid) = backends[i].seen();
+                    let line = template
+                        .replace("{id}", &id)
+                        .replace("{cid}", &cid)
+                        .replace("{n}", &(arg % 4).to_string());
+                    backends[i].send(&mut server, format!("{line}\n").as_bytes());
+                }
+            }
+            5 => {
+                if let Some(i) = pick(&clients) {
+                    clients[i].send(&mut server, UPGRADE);
+                }
+            }
+            6 => {
+                // A client frame: text, ping, close or binary, masked.
+                if let Some(i) = pick(&clients) {
+                    let (opcode, payload): (u8, &[u8]) = match next().unwrap_or(0) % 4 {
+                        0 => (0x1, b"hi"),
+                        1 => (0x9, b"p"),
+                        2 => (0x8, &[0x03, 0xe8]),
+                        _ => (0x2, &[0, 1, 2]),
+                    };
+                    let mut frame = vec![0x80 | opcode, 0x80 | payload.len() as u8, 1, 2, 3, 4];
+                    frame.extend(
+                        payload
+                            .iter()
+                            .enumerate()
+                            .map(|(j, b)| b ^ [1, 2, 3, 4][j % 4]),
+                    );
+                    clients[i].send(&mut server, &frame);
+                }
+            }
+            7 => {
+                // A client hangs up (or is reset).
+                if let Some(i) = pick(&clients) {
+                    {
+                        let mut p = clients[i].pipe.0.borrow_mut();
+                        p.eof = true;
+                        p.reset = arg & 0x80 != 0;
+                    }
+                    clients[i].ready(&mut server);
+                }
+            }
+            8 => {
+                // How much a client takes before its writes block.
+                if let Some(i) = pick(&clients) {
+                    clients[i].pipe.0.borrow_mut().room = usize::from(next().unwrap_or(0)) * 64;
+                    clients[i].ready(&mut server);
+                }
+            }
+            9 => {
+                if let Some(i) = pick(&backends) {
+                    backends[i].pipe.0.borrow_mut().room = usize::from(next().unwrap_or(0)) * 256;
+                    backends[i].ready(&mut server);
+                }
+            }
+            10 => {
+                if let Some(i) = pick(&backends) {
+                    backends[i].pipe.0.borrow_mut().eof = true;
+                    backends[i].ready(&mut server);
+                }
+            }
+            _ => {
+                server.harness_end_turn();
+                server.harness_check();
+            }
+        }
+    }
+    server.harness_end_turn();
+    server.harness_check();
+    for client in &clients {
+        check_client_output(&client.pipe.0.borrow().output);
+    }
+
+    for backend in &backends {
+        for line in backend.pipe.0.borrow().output.split(|b| *b == b'\n') {
+            if !line.is_empty() {
+                let mut line = line.to_vec();
+                assert!(
+                    simd_json::to_tape(&mut line).is_ok(),
+                    "a backend got a line that is not JSON"
+                );
+            }
+        }
+    }
+}
+
+/// What a client got must be an HTTP reply and, after a 101, server frames:
+/// unmasked, final, known opcodes, text in UTF-8, close codes valid.
+fn check_client_output(output: &[u8]) {
+    if output.is_empty() {
+        return;
+    }
+    assert!(output.starts_with(b"HTTP/1.1 "), "not an HTTP reply");
+    let Some(end) = memchr::memmem::find(output, b"\r\n\r\n") else {
+        panic!("an HTTP reply without the end of its head");
+    };
+    if !output.starts_with(b"HTTP/1.1 101 ") {
+        return;
+    }
+    let mut rest = &output[end + 4..];
+    while !rest.is_empty() {
+        let mut cursor = std::io::Cursor::new(rest);
+        let Ok(Some((header, len))) = tungstenite::protocol::frame::FrameHeader::parse(&mut cursor)
+        else {
+            // A frame cut short: the connection ended while writing it.
+            return;
+        };
+        let start = cursor.position() as usize;
+        assert!(
+            header.mask.is_none() && header.is_final,
+            "a masked or partial server frame"
+        );
+        let len = len as usize;
+        if rest.len() < start + len {
+            return;
+        }
+        let payload = &rest[start..start + len];
+        use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+        match header.opcode {
+            OpCode::Data(Data::Text) => {
+                assert!(
+                    std::str::from_utf8(payload).is_ok(),
+                    "a text frame not in UTF-8"
+                )
+            }
+            OpCode::Data(Data::Binary) | OpCode::Control(Control::Ping | Control::Pong) => {}
+            OpCode::Control(Control::Close) => {
+                if payload.len() >= 2 {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    assert!(
+                        crate::ws::frame::is_valid_close_code(code),
+                        "close code {code}"
+                    );
+                }
+            }
+            other => panic!("the broker sent opcode {other:?}"),
+        }
+        rest = &rest[start + len..];
+    }
+}

@@ -39,3 +39,8 @@ fn backend_lines_corpus() {
 fn connection_corpus() {
     replay("connection", pystrands::fuzzing::connection);
 }
+
+#[test]
+fn server_corpus() {
+    replay("server", pystrands::fuzzing::server);
+}

@@ -15,6 +15,7 @@ use crate::ws::frame::FrameReader;
 use crate::ws::handshake;
 
 use super::conn::{Backend, Client, ConnRef};
+use super::stream::Stream;
 use super::timers::Wait;
 use super::{Endpoint, Server};
 
@@ -92,7 +93,7 @@ impl Server {
                 continue;
             }
             let reader = FrameReader::new(self.config.max_message_size, self.config.max_fragments);
-            entry.insert(Client::new(sock, serial, peer, reader));
+            entry.insert(Client::new(Stream::Tcp(sock), serial, peer, reader));
             self.timers
                 .connect
                 .arm(Instant::now(), (ConnRef { key, serial }, Wait::Request));
@@ -134,7 +135,8 @@ impl Server {
                 warn!("cannot register backend {peer}: {e}");
                 continue;
             }
-            let backend = entry.insert(Backend::new(sock, serial, peer, authenticated));
+            let backend =
+                entry.insert(Backend::new(Stream::Tcp(sock), serial, peer, authenticated));
             if authenticated {
                 // A publisher's first line is often here already: read it
                 // before the backend is given anything.

@@ -8,12 +8,12 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use mio::net::TcpStream;
-
 use crate::backend::Context;
 use crate::outq::OutQueue;
 use crate::socket::Readiness;
 use crate::ws::frame::FrameReader;
+
+use super::stream::Stream;
 
 /// A (key, serial) pair naming one connection even after its slab key is
 /// reused: serials are never reused while the broker runs.
@@ -129,7 +129,7 @@ impl Ending {
 /// One WebSocket client connection.
 #[derive(Debug)]
 pub(super) struct Client {
-    pub sock: TcpStream,
+    pub sock: Stream,
     pub serial: u64,
     pub peer: SocketAddr,
     pub phase: Phase,
@@ -159,7 +159,7 @@ pub(super) struct Client {
 
 impl Client {
     /// A client just accepted, reading its upgrade request.
-    pub fn new(sock: TcpStream, serial: u64, peer: SocketAddr, reader: FrameReader) -> Client {
+    pub fn new(sock: Stream, serial: u64, peer: SocketAddr, reader: FrameReader) -> Client {
         Client {
             sock,
             serial,
@@ -189,7 +189,7 @@ impl Client {
 /// One application backend connection.
 #[derive(Debug)]
 pub(super) struct Backend {
-    pub sock: TcpStream,
+    pub sock: Stream,
     pub serial: u64,
     pub peer: SocketAddr,
     pub inbuf: Vec<u8>,
@@ -227,7 +227,7 @@ pub(super) struct Backend {
 
 impl Backend {
     /// A backend just accepted.
-    pub fn new(sock: TcpStream, serial: u64, peer: SocketAddr, authenticated: bool) -> Backend {
+    pub fn new(sock: Stream, serial: u64, peer: SocketAddr, authenticated: bool) -> Backend {
         Backend {
             sock,
             serial,

@@ -39,9 +39,11 @@ mod client_io;
 mod closes;
 mod commands;
 mod conn;
+mod harness;
 mod metrics;
 mod routing;
 mod stats;
+mod stream;
 mod sys;
 mod timers;
 mod upgrade;
@@ -69,7 +71,9 @@ use conn::{Backend, Client, ConnectionIds};
 use routing::Routing;
 use timers::Timers;
 
+pub use harness::Fake;
 pub use stats::Stats;
+pub use stream::{FakeStream, Pipe};
 pub use sys::raise_fd_limit;
 
 /// Size of one read from a socket.
@@ -201,7 +205,7 @@ pub struct Server {
     admin_listener: Option<TcpListener>,
     admin_addr: Option<SocketAddr>,
     admins: Slab<admin::AdminConn>,
-    signals: Signals,
+    signals: Option<Signals>,
     clients: Slab<Client>,
     backends: Slab<Backend>,
     hub: Hub,
@@ -291,7 +295,6 @@ impl Server {
                 )
                 .map_err(register_err)?;
         }
-        let max_connections = sys::connection_cap(config.max_connections);
         if config.backend_token.is_none() && !config.backend_host.is_loopback() {
             warn!(
                 "the backend port listens on {} without --backend-token: anyone who can reach it can \
@@ -299,7 +302,22 @@ impl Server {
                 config.backend_host
             );
         }
-        Ok(Server {
+        let max_connections = sys::connection_cap(config.max_connections);
+        let mut server = Server::with(config, poll, max_connections);
+        server.ws_listener = Some(ws_listener);
+        server.backend_listener = Some(backend_listener);
+        server.ws_addr = ws_addr;
+        server.backend_addr = backend_addr;
+        server.admin_listener = admin_listener;
+        server.admin_addr = admin_addr;
+        server.signals = Some(signals);
+        Ok(server)
+    }
+
+    /// A server with no listeners and no signal handler yet.
+    fn with(config: Config, poll: Poll, max_connections: usize) -> Server {
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+        Server {
             max_connections,
             accept_failing: false,
             pending_backends: 0,
@@ -307,14 +325,14 @@ impl Server {
             timers: Timers::new(&config, Instant::now()),
             config,
             poll,
-            ws_listener: Some(ws_listener),
-            backend_listener: Some(backend_listener),
-            ws_addr,
-            backend_addr,
-            admin_listener,
-            admin_addr,
+            ws_listener: None,
+            backend_listener: None,
+            ws_addr: unbound,
+            backend_addr: unbound,
+            admin_listener: None,
+            admin_addr: None,
             admins: Slab::new(),
-            signals,
+            signals: None,
             clients: Slab::new(),
             backends: Slab::new(),
             hub: Hub::new(),
@@ -331,7 +349,7 @@ impl Server {
             turn_times: stats::TurnTimes::default(),
             started: Instant::now(),
             sys: sys::MemoryReturn::default(),
-        })
+        }
     }
 
     /// The bound WebSocket address (the real port when `--ws-port 0`).

@@ -289,7 +289,7 @@ impl Server {
     /// `--close-timeout`.
     pub(super) fn on_signal(&mut self) {
         let mut stop = false;
-        for signal in self.signals.pending() {
+        for signal in self.signals.iter_mut().flat_map(|s| s.pending()) {
             stop |= signal == SIGINT || signal == SIGTERM;
         }
         if !stop || self.timers.shutdown.is_some() {
