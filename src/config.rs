@@ -138,6 +138,38 @@ pub struct Args {
     #[argh(option, default = "String::from(\"127.0.0.1\")")]
     pub admin_host: String,
 
+    /// the Redis to share rooms, private messages, broadcasts, kicks and
+    /// presence with other brokers through, as redis://HOST:PORT[/DB];
+    /// turns cluster mode on (default: off, one broker on its own)
+    #[argh(option)]
+    pub redis_url: Option<String>,
+
+    /// this broker's name in the cluster (default: a random UUID)
+    #[argh(option)]
+    pub node_id: Option<String>,
+
+    /// prefix of the Redis channels and keys the cluster uses, so several
+    /// clusters can share one Redis (default pystrands)
+    #[argh(option, default = "String::from(\"pystrands\")")]
+    pub cluster_prefix: String,
+
+    /// seconds a connection's presence outlives its broker in Redis (a
+    /// crashed broker's members vanish within this); refreshed every third
+    /// of it (default 60)
+    #[argh(option, default = "String::from(\"60\")")]
+    pub presence_ttl: String,
+
+    /// seconds Redis may take to answer a probe before the link is taken
+    /// for stalled and reconnected; probes go every third of it (default 3)
+    #[argh(option, default = "String::from(\"3\")")]
+    pub redis_timeout: String,
+
+    /// bytes of commands that may wait for Redis; past it cross-broker
+    /// messages are dropped (counted) rather than buffered (default
+    /// 16777216)
+    #[argh(option, default = "16 * MIB")]
+    pub max_redis_buffer: usize,
+
     /// shared secret backends must present in their first line
     /// ({"action":"auth","params":{"token":"..."}}); also read from
     /// PYSTRANDS_BACKEND_TOKEN (default: none, any local process may connect)
@@ -211,6 +243,29 @@ pub struct Config {
     pub max_pending_backends: usize,
     /// The admin listener's address; `None` when it is off.
     pub admin: Option<std::net::SocketAddr>,
+    /// Cluster mode, when `--redis-url` is given.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode: how this broker shares its rooms through Redis.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Where Redis listens.
+    pub redis: std::net::SocketAddr,
+    /// The Redis database number (`SELECT`).
+    pub db: u32,
+    /// The URL as given, for log lines.
+    pub url: String,
+    /// This broker's name in the cluster.
+    pub node_id: String,
+    /// Prefix of channels and keys.
+    pub prefix: String,
+    /// How long presence outlives a broker.
+    pub presence_ttl: Duration,
+    /// How long a probe may wait for its answer.
+    pub redis_timeout: Duration,
+    /// Bytes of commands that may wait for Redis.
+    pub max_redis_buffer: usize,
 }
 
 impl Default for Config {
@@ -245,6 +300,7 @@ impl Default for Config {
             queue_bytes: 64 * MIB,
             max_pending_backends: 64,
             admin: None,
+            cluster: None,
         }
     }
 }
@@ -339,6 +395,32 @@ impl Config {
             log_level: parse_level(&args.log_level)?,
             queue_bytes: args.queue_bytes,
             max_pending_backends: at_least("--max-pending-backends", args.max_pending_backends, 1)?,
+            cluster: match args.redis_url {
+                None => None,
+                Some(url) => Some(ClusterConfig {
+                    redis: parse_redis_url(&url)?.0,
+                    db: parse_redis_url(&url)?.1,
+                    url,
+                    node_id: match args.node_id {
+                        Some(id) if id.is_empty() || id.contains(char::is_whitespace) => {
+                            return Err(err(
+                                "--node-id",
+                                "must be a word: not empty, no spaces",
+                            ))
+                        }
+                        Some(id) => id,
+                        None => uuid::Uuid::new_v4().to_string(),
+                    },
+                    prefix: if args.cluster_prefix.is_empty() {
+                        return Err(err("--cluster-prefix", "must not be empty"));
+                    } else {
+                        args.cluster_prefix
+                    },
+                    presence_ttl: parse_seconds("--presence-ttl", &args.presence_ttl)?,
+                    redis_timeout: parse_seconds("--redis-timeout", &args.redis_timeout)?,
+                    max_redis_buffer: at_least("--max-redis-buffer", args.max_redis_buffer, 1024)?,
+                }),
+            },
             admin: match args.admin_port {
                 0 => None,
                 port => Some(std::net::SocketAddr::new(
@@ -391,6 +473,39 @@ fn at_least(source: &str, value: usize, min: usize) -> Result<usize, ConfigError
         ));
     }
     Ok(value)
+}
+
+/// `redis://HOST:PORT[/DB]` (port 6379 when left out): where Redis listens
+/// (the host resolved once, at start) and the database number.
+fn parse_redis_url(url: &str) -> Result<(std::net::SocketAddr, u32), ConfigError> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: &str| err("--redis-url", format!("'{url}': {why} (want redis://HOST:PORT[/DB])"));
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or_else(|| bad("not a redis:// URL"))?;
+    let (authority, db) = match rest.split_once('/') {
+        Some((a, "")) => (a, 0),
+        Some((a, db)) => (
+            a,
+            db.parse::<u32>()
+                .map_err(|_| bad("the database must be a number"))?,
+        ),
+        None => (rest, 0),
+    };
+    if authority.contains('@') {
+        return Err(bad("user names and passwords are not supported"));
+    }
+    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+        authority.to_owned()
+    } else {
+        format!("{authority}:6379")
+    };
+    let addr = with_port
+        .to_socket_addrs()
+        .map_err(|e| bad(&format!("cannot resolve the host: {e}")))?
+        .next()
+        .ok_or_else(|| bad("the host has no address"))?;
+    Ok((addr, db))
 }
 
 fn parse_origins(list: &str) -> Result<Vec<String>, ConfigError> {
@@ -507,6 +622,34 @@ mod tests {
         );
         let e = Config::from_args(args(&["--allowed-origins", " , "]), no_env).unwrap_err();
         assert_eq!(e.source, "--allowed-origins");
+    }
+
+    #[test]
+    fn cluster_flags() {
+        let c = Config::from_args(args(&[]), no_env).unwrap();
+        assert!(c.cluster.is_none());
+        let c = Config::from_args(
+            args(&["--redis-url", "redis://127.0.0.1:7000/2", "--node-id", "a"]),
+            no_env,
+        )
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.redis, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!((cluster.db, cluster.node_id.as_str()), (2, "a"));
+        assert_eq!(cluster.prefix, "pystrands");
+        assert_eq!(cluster.presence_ttl, Duration::from_secs(60));
+        let c = Config::from_args(args(&["--redis-url", "redis://localhost"]), no_env).unwrap();
+        assert_eq!(c.cluster.unwrap().redis.port(), 6379);
+        for bad in ["http://x", "redis://h:1/db", "redis://u:p@h:1"] {
+            let e = Config::from_args(args(&["--redis-url", bad]), no_env).unwrap_err();
+            assert_eq!(e.source, "--redis-url", "{bad}");
+        }
+        let e = Config::from_args(
+            args(&["--redis-url", "redis://127.0.0.1:1", "--node-id", "a b"]),
+            no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.source, "--node-id");
     }
 
     #[test]

@@ -54,6 +54,7 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod cluster;
 pub mod config;
 pub mod fuzzing;
 pub mod hub;
