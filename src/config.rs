@@ -403,10 +403,7 @@ impl Config {
                     url,
                     node_id: match args.node_id {
                         Some(id) if id.is_empty() || id.contains(char::is_whitespace) => {
-                            return Err(err(
-                                "--node-id",
-                                "must be a word: not empty, no spaces",
-                            ))
+                            return Err(err("--node-id", "must be a word: not empty, no spaces"))
                         }
                         Some(id) => id,
                         None => uuid::Uuid::new_v4().to_string(),
@@ -479,7 +476,12 @@ fn at_least(source: &str, value: usize, min: usize) -> Result<usize, ConfigError
 /// (the host resolved once, at start) and the database number.
 fn parse_redis_url(url: &str) -> Result<(std::net::SocketAddr, u32), ConfigError> {
     use std::net::ToSocketAddrs;
-    let bad = |why: &str| err("--redis-url", format!("'{url}': {why} (want redis://HOST:PORT[/DB])"));
+    let bad = |why: &str| {
+        err(
+            "--redis-url",
+            format!("'{url}': {why} (want redis://HOST:PORT[/DB])"),
+        )
+    };
     let rest = url
         .strip_prefix("redis://")
         .ok_or_else(|| bad("not a redis:// URL"))?;
@@ -495,7 +497,10 @@ fn parse_redis_url(url: &str) -> Result<(std::net::SocketAddr, u32), ConfigError
     if authority.contains('@') {
         return Err(bad("user names and passwords are not supported"));
     }
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         authority.to_owned()
     } else {
         format!("{authority}:6379")

@@ -33,6 +33,36 @@ pub enum Audience<'a> {
     Connection(u64),
 }
 
+/// A change of membership, recorded for cluster mode (see
+/// [`Hub::track_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Connection `key` (broker serial `serial`) joined `room`.
+    Joined {
+        /// The connection's slab key.
+        key: usize,
+        /// Its serial.
+        serial: u64,
+        /// The room.
+        room: Rc<str>,
+    },
+    /// The connection with serial `serial` left `room`.
+    Left {
+        /// Its serial.
+        serial: u64,
+        /// The room.
+        room: Rc<str>,
+    },
+    /// A room got its first member here.
+    RoomAppeared(Rc<str>),
+    /// A room lost its last member here.
+    RoomGone(Rc<str>),
+    /// A client id got its first connection here.
+    ClientAppeared(Rc<str>),
+    /// A client id lost its last connection here.
+    ClientGone(Rc<str>),
+}
+
 /// Where one connection is listed.
 #[derive(Debug)]
 struct Member {
@@ -52,12 +82,34 @@ pub struct Hub {
     rooms: AHashMap<Rc<str>, Vec<usize>>,
     ids: AHashMap<Rc<str>, Vec<usize>>,
     serials: AHashMap<u64, usize>,
+    /// Changes since the last [`Hub::take_changes`], when tracked.
+    changes: Option<Vec<Change>>,
 }
 
 impl Hub {
     /// An empty hub.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records every change of membership from now on, for
+    /// [`Hub::take_changes`].
+    pub fn track_changes(&mut self) {
+        self.changes.get_or_insert_with(Vec::new);
+    }
+
+    /// The changes recorded since the last call (none when not tracked).
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.changes
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, change: Change) {
+        if let Some(changes) = self.changes.as_mut() {
+            changes.push(change);
+        }
     }
 
     /// Registers connection `key` (broker serial `serial`) under
@@ -71,6 +123,9 @@ impl Hub {
         let (client_id, id_members) = key_and_list(&mut self.ids, client_id);
         let id_slot = id_members.len();
         id_members.push(key);
+        if id_slot == 0 {
+            self.record(Change::ClientAppeared(client_id.clone()));
+        }
         let all_slot = self.all.len();
         self.all.push(key);
         self.serials.insert(serial, key);
@@ -90,6 +145,10 @@ impl Hub {
             return;
         };
         for (room, slot) in &member.rooms {
+            self.record(Change::Left {
+                serial: member.serial,
+                room: room.clone(),
+            });
             self.remove_from_room(room, *slot);
         }
         if let Some(moved) = remove_slot(&mut self.all, member.all_slot) {
@@ -105,6 +164,7 @@ impl Hub {
             }
             if list.is_empty() {
                 self.ids.remove(&member.client_id);
+                self.record(Change::ClientGone(member.client_id.clone()));
             }
         }
         self.serials.remove(&member.serial);
@@ -120,8 +180,14 @@ impl Hub {
             return false;
         }
         let (room, list) = key_and_list(&mut self.rooms, room);
-        member.rooms.push((room, list.len()));
+        let first = list.is_empty();
+        member.rooms.push((room.clone(), list.len()));
         list.push(key);
+        let serial = member.serial;
+        if first {
+            self.record(Change::RoomAppeared(room.clone()));
+        }
+        self.record(Change::Joined { key, serial, room });
         true
     }
 
@@ -137,6 +203,11 @@ impl Hub {
         if member.rooms.is_empty() {
             member.rooms = Vec::new();
         }
+        let serial = member.serial;
+        self.record(Change::Left {
+            serial,
+            room: room.clone(),
+        });
         self.remove_from_room(&room, slot);
         true
     }
@@ -156,6 +227,7 @@ impl Hub {
         }
         if list.is_empty() {
             self.rooms.remove(room);
+            self.record(Change::RoomGone(room.clone()));
         }
     }
 
@@ -295,6 +367,55 @@ mod tests {
         assert!(hub.all().is_empty());
         assert_eq!(hub.room_count(), 0);
         check(&hub);
+    }
+
+    #[test]
+    fn changes_are_recorded_when_tracked() {
+        let mut hub = Hub::new();
+        hub.register(0, 10, "a");
+        hub.join(0, "r");
+        assert!(hub.take_changes().is_empty(), "not tracked yet");
+        hub.track_changes();
+        hub.register(1, 11, "a");
+        hub.join(1, "r");
+        hub.join(1, "s");
+        hub.unregister(0);
+        hub.unregister(1);
+        let r: Rc<str> = Rc::from("r");
+        let s: Rc<str> = Rc::from("s");
+        let a: Rc<str> = Rc::from("a");
+        assert_eq!(
+            hub.take_changes(),
+            [
+                Change::Joined {
+                    key: 1,
+                    serial: 11,
+                    room: r.clone()
+                },
+                Change::RoomAppeared(s.clone()),
+                Change::Joined {
+                    key: 1,
+                    serial: 11,
+                    room: s.clone()
+                },
+                Change::Left {
+                    serial: 10,
+                    room: r.clone()
+                },
+                Change::Left {
+                    serial: 11,
+                    room: r.clone()
+                },
+                Change::RoomGone(r),
+                Change::Left {
+                    serial: 11,
+                    room: s.clone()
+                },
+                Change::RoomGone(s),
+                Change::ClientGone(a),
+            ]
+        );
+        assert!(hub.take_changes().is_empty());
     }
 
     #[test]

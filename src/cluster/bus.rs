@@ -200,7 +200,10 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, Kind::Command, "n", "ab12-3", &[], b"{}");
         let m = decode(&out).unwrap();
-        assert_eq!((m.kind, m.target, m.payload), (Kind::Command, "ab12-3", &b"{}"[..]));
+        assert_eq!(
+            (m.kind, m.target, m.payload),
+            (Kind::Command, "ab12-3", &b"{}"[..])
+        );
         assert!(decode(b"nonsense").is_none());
         assert!(decode(&out[..5]).is_none());
     }

@@ -85,7 +85,8 @@ mod tests {
         let mut out = Vec::new();
         push_command(&mut out, &[b"PUBLISH", b"ch", b"a\r\nb"]);
         assert_eq!(out, b"*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$4\r\na\r\nb\r\n");
-        let buf = b"xx:3\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n+OK\r\n-ERR no\r\n$-1\r\n*2";
+        let buf =
+            b"xx:3\r\n*3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$3\r\nabc\r\n+OK\r\n-ERR no\r\n$-1\r\n*2";
         let (r, n) = next_reply(buf, 2).unwrap().unwrap();
         assert_eq!((r, n), (Reply::Integer(3), 4));
         let (r, n) = next_reply(buf, 6).unwrap().unwrap();

@@ -14,8 +14,10 @@ use log::warn;
 use simd_json::value::tape::Value;
 
 use crate::backend::{self, Command, Line, Payload, Target};
+use crate::cluster::bus::{Channel, Kind};
 use crate::hub::Audience;
 use crate::json::push_str;
+use crate::outq::Shared;
 use crate::ws::encode;
 
 use super::conn::Ending;
@@ -23,47 +25,169 @@ use super::{list_once, Server};
 
 impl Server {
     /// Carries out one line from backend `from` (the auth gate is behind
-    /// it), answering with an `ack` when the line asked for one.
+    /// it), answering with an `ack` when the line asked for one. In cluster
+    /// mode, messages and commands also go to the other brokers (after the
+    /// local connections got theirs), and an ack waits for Redis to say how
+    /// many brokers received them.
     pub(super) fn apply(&mut self, from: usize, line: Line<'_>) {
         let Line {
             request_id,
             ack,
             command,
         } = line;
+        let mut published = false;
         let reached = match command {
             // Handled at the auth gate (backend_io.rs).
             Command::Auth { .. } => return,
             Command::Response(response) => return self.answer_request(from, response),
-            Command::Presence { room_id } => return self.presence(from, request_id, &room_id),
-            Command::PresenceStats { room_id } => {
-                return self.presence_stats(from, request_id, &room_id)
+            Command::Presence { room_id } => {
+                return self.presence_anywhere(from, request_id, &room_id, false)
             }
-            Command::Broadcast { message } => self.fan_out(Audience::All, &message, &[]),
+            Command::PresenceStats { room_id } => {
+                return self.presence_anywhere(from, request_id, &room_id, true)
+            }
+            Command::Broadcast { message } => {
+                let (reached, frame) = self.fan_out(Audience::All, &message, &[]);
+                if let Some(frame) = frame {
+                    published = self.publish(Channel::Broadcast, Kind::Frame, "", &[], &frame);
+                }
+                reached
+            }
             Command::MessageToRoom {
                 room_id,
                 message,
                 exclude,
-            } => self.message_to_room(&room_id, &message, &exclude),
-            Command::MessageToConnection { target, message } => {
-                let audience = self.audience(&target);
-                audience.map_or(0, |a| self.fan_out(a, &message, &[]))
+            } => {
+                let exclude: Vec<&str> = exclude.iter().map(|e| e.as_ref()).collect();
+                let skip = if exclude.is_empty() {
+                    Vec::new()
+                } else {
+                    self.excluded(&exclude)
+                };
+                let (reached, frame) = self.fan_out(Audience::Room(&room_id), &message, &skip);
+                if let Some(frame) = frame {
+                    published =
+                        self.publish(Channel::Room(&room_id), Kind::Frame, "", &exclude, &frame);
+                }
+                reached
             }
-            Command::JoinRoom { target, room_id } => self.join_room(&target, &room_id),
-            Command::LeaveRoom { target, room_id } => self.leave_room(&target, &room_id),
-            Command::Disconnect {
-                target,
-                code,
-                reason,
-            } => self.disconnect(&target, code, reason),
-            Command::SetMetadata { target, metadata } => self.set_metadata(&target, metadata),
+            Command::MessageToConnection { target, message } => match target {
+                Target::ClientId(id) => {
+                    let (reached, frame) = self.fan_out(Audience::ClientId(&id), &message, &[]);
+                    if let Some(frame) = frame {
+                        published =
+                            self.publish(Channel::Client(&id), Kind::Frame, "", &[], &frame);
+                    }
+                    reached
+                }
+                Target::Connection(id) => match self.remote_node(&id) {
+                    Some(node) => {
+                        let frame = encode::message(message.as_bytes(), message.is_binary());
+                        published =
+                            self.publish(Channel::Node(node), Kind::Frame, &id, &[], &frame);
+                        0
+                    }
+                    None => match self.ids.serial(&id) {
+                        Some(serial) => self.fan_out(Audience::Connection(serial), &message, &[]).0,
+                        None => 0,
+                    },
+                },
+            },
+            Command::JoinRoom { .. }
+            | Command::LeaveRoom { .. }
+            | Command::Disconnect { .. }
+            | Command::SetMetadata { .. } => {
+                published = self.publish_command(&command);
+                match command {
+                    Command::JoinRoom { target, room_id } => self.join_room(&target, &room_id),
+                    Command::LeaveRoom { target, room_id } => self.leave_room(&target, &room_id),
+                    Command::Disconnect {
+                        target,
+                        code,
+                        reason,
+                    } => self.disconnect(&target, code, reason),
+                    Command::SetMetadata { target, metadata } => {
+                        self.set_metadata(&target, metadata)
+                    }
+                    _ => 0,
+                }
+            }
         };
-        if ack {
-            self.reply(from, |out| {
-                backend::push_reply(out, "ack", request_id, |out| {
-                    out.extend_from_slice(b"\"connections\":");
-                    out.extend_from_slice(reached.to_string().as_bytes());
-                })
-            });
+        if !ack {
+            return;
+        }
+        if published {
+            return self.ack_after_publish(from, request_id, reached);
+        }
+        let cluster = self.cluster_figures().is_some();
+        self.reply_to(from, |out| {
+            backend::push_reply(out, "ack", request_id, |out| {
+                out.extend_from_slice(b"\"connections\":");
+                out.extend_from_slice(reached.to_string().as_bytes());
+                if cluster {
+                    // The bus was down or the target is nowhere else.
+                    out.extend_from_slice(b",\"nodes\":0");
+                }
+            })
+        });
+    }
+
+    /// A membership or kick command for the other brokers: by client id
+    /// on the client's channel, by connection id of another broker on that
+    /// broker's channel. False when there is nothing to publish (not in
+    /// cluster mode, a connection of this broker) or it was dropped.
+    fn publish_command(&mut self, command: &Command<'_>) -> bool {
+        if self.cluster_figures().is_none() {
+            return false;
+        }
+        let target = match command {
+            Command::JoinRoom { target, .. }
+            | Command::LeaveRoom { target, .. }
+            | Command::Disconnect { target, .. }
+            | Command::SetMetadata { target, .. } => target,
+            _ => return false,
+        };
+        let Some(line) = super::cluster::command_line(command) else {
+            return false;
+        };
+        match target {
+            Target::ClientId(id) => {
+                self.publish(Channel::Client(id), Kind::Command, "", &[], &line)
+            }
+            Target::Connection(id) => match self.remote_node(id) {
+                Some(node) => self.publish(Channel::Node(node), Kind::Command, id, &[], &line),
+                None => false,
+            },
+        }
+    }
+
+    /// `presence` and `presence_stats`: from this broker's hub, or in
+    /// cluster mode from Redis for the whole cluster.
+    fn presence_anywhere(
+        &mut self,
+        from: usize,
+        request_id: Option<&str>,
+        room_id: &str,
+        stats: bool,
+    ) {
+        if self.cluster_figures().is_some() {
+            if !self.may_reply(from) {
+                return;
+            }
+            if !self.cluster_presence(from, request_id, room_id, stats) {
+                let action = if stats { "presence_stats" } else { "presence" };
+                self.reply_line_error(
+                    from,
+                    request_id,
+                    &format!("{action}: the cluster bus is unavailable"),
+                );
+            }
+            return;
+        }
+        if stats {
+            self.presence_stats(from, request_id, room_id)
+        } else {
+            self.presence(from, request_id, room_id)
         }
     }
 
@@ -94,35 +218,37 @@ impl Server {
         keys
     }
 
-    /// `message_to_room`: every member of the room but the excluded
-    /// connections.
-    fn message_to_room(
-        &mut self,
-        room_id: &str,
-        message: &Payload<'_>,
-        exclude: &[Cow<'_, str>],
-    ) -> usize {
-        if exclude.is_empty() {
-            return self.fan_out(Audience::Room(room_id), message, &[]);
-        }
-        let skip: Vec<usize> = exclude
-            .iter()
-            .filter_map(|id| self.ids.serial(id))
-            .flat_map(|serial| self.hub.audience(Audience::Connection(serial)))
-            .copied()
-            .collect();
-        self.fan_out(Audience::Room(room_id), message, &skip)
-    }
-
     /// Encodes `message` once and queues that one buffer on every open
     /// connection of the audience but those in `skip`; returns how many
-    /// got it.
-    fn fan_out(&mut self, audience: Audience<'_>, message: &Payload<'_>, skip: &[usize]) -> usize {
+    /// got it, and the frame when it was encoded (it is, when someone here
+    /// got it or other brokers may: in cluster mode).
+    fn fan_out(
+        &mut self,
+        audience: Audience<'_>,
+        message: &Payload<'_>,
+        skip: &[usize],
+    ) -> (usize, Option<Shared>) {
+        if self.hub.audience(audience).is_empty() && self.cluster.is_none() {
+            return (0, None);
+        }
+        let frame = encode::message(message.as_bytes(), message.is_binary());
+        let reached = self.fan_out_frame(audience, &frame, skip);
+        (reached, Some(frame))
+    }
+
+    /// Queues `frame` on every open connection of the audience but those
+    /// in `skip` (a local message, or one from another broker); returns
+    /// how many got it.
+    pub(super) fn fan_out_frame(
+        &mut self,
+        audience: Audience<'_>,
+        frame: &Shared,
+        skip: &[usize],
+    ) -> usize {
         let members = self.hub.audience(audience);
         if members.is_empty() {
             return 0;
         }
-        let frame = encode::message(message.as_bytes(), message.is_binary());
         let mut reached = 0;
         for &key in members {
             let Some(c) = self.clients.get_mut(key) else {
@@ -142,7 +268,7 @@ impl Server {
 
     /// `join_room`: the target's open connections join; joining twice is a
     /// no-op. Returns how many connections the target has open.
-    fn join_room(&mut self, target: &Target<'_>, room_id: &str) -> usize {
+    pub(super) fn join_room(&mut self, target: &Target<'_>, room_id: &str) -> usize {
         let keys = self.resolve(target);
         for &key in &keys {
             if self.hub.join(key, room_id) {
@@ -155,7 +281,7 @@ impl Server {
     /// `leave_room`: the target's open connections leave the room (the
     /// room assigned at accept included); a connection in no room stays
     /// open.
-    fn leave_room(&mut self, target: &Target<'_>, room_id: &str) -> usize {
+    pub(super) fn leave_room(&mut self, target: &Target<'_>, room_id: &str) -> usize {
         let keys = self.resolve(target);
         for &key in &keys {
             if self.hub.leave(key, room_id) {
@@ -174,7 +300,12 @@ impl Server {
 
     /// `disconnect`: each open connection of the target gets the close
     /// frame (then the usual `disconnected` event goes to its backend).
-    fn disconnect(&mut self, target: &Target<'_>, code: u16, reason: Cow<'_, str>) -> usize {
+    pub(super) fn disconnect(
+        &mut self,
+        target: &Target<'_>,
+        code: u16,
+        reason: Cow<'_, str>,
+    ) -> usize {
         let keys = self.resolve(target);
         let reason: Cow<'static, str> = reason.into_owned().into();
         for &key in &keys {
@@ -192,12 +323,13 @@ impl Server {
 
     /// `set_metadata`: later events of the target's open connections carry
     /// the new metadata.
-    fn set_metadata(&mut self, target: &Target<'_>, metadata: Value<'_, '_>) -> usize {
+    pub(super) fn set_metadata(&mut self, target: &Target<'_>, metadata: Value<'_, '_>) -> usize {
         let keys = self.resolve(target);
         for &key in &keys {
             if let Some(context) = self.clients.get_mut(key).and_then(|c| c.context.as_mut()) {
                 context.set_metadata(metadata);
             }
+            self.cluster_metadata_changed(key);
         }
         self.done_with(keys)
     }
@@ -294,7 +426,7 @@ impl Server {
 
     /// Appends a reply line for backend `key`, written by `write`, unless
     /// the backend is too far behind to be given more (routing.rs).
-    fn reply(&mut self, key: usize, write: impl FnOnce(&mut Vec<u8>)) {
+    pub(super) fn reply_to(&mut self, key: usize, write: impl FnOnce(&mut Vec<u8>)) {
         if !self.may_reply(key) {
             return;
         }
@@ -317,6 +449,6 @@ impl Server {
                 );
             }
         }
-        self.reply(key, |out| backend::push_line_error(out, request_id, error));
+        self.reply_to(key, |out| backend::push_line_error(out, request_id, error));
     }
 }

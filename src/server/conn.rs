@@ -40,6 +40,11 @@ impl ConnectionIds {
         }
     }
 
+    /// This broker's prefix of connection ids.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The id of the connection with broker serial `serial`.
     pub fn connection_id(&self, serial: u64) -> String {
         format!("{}-{serial}", self.prefix)

@@ -49,6 +49,8 @@ pub(super) struct Snapshot {
     pub rss_bytes: u64,
     pub open_fds: u64,
     pub uptime_seconds: f64,
+    /// Cluster mode: bus up, published, received, dropped, reconnections.
+    pub cluster: Option<(bool, u64, u64, u64, u64)>,
     /// `None` when healthy, or why not.
     pub unhealthy: Option<String>,
 }
@@ -101,6 +103,7 @@ impl Server {
             rss_bytes,
             open_fds,
             uptime_seconds: self.started.elapsed().as_secs_f64(),
+            cluster: self.cluster_figures(),
             unhealthy: self.health(Instant::now()).err(),
         }
     }
@@ -123,6 +126,12 @@ impl Server {
         }
         if self.accept_failing {
             return Err("out of file descriptors: accepting is paused".into());
+        }
+        if self.cluster_down() {
+            return Err(
+                "the cluster bus (Redis) is unavailable: messages to other brokers are dropped"
+                    .into(),
+            );
         }
         if self.clients.len() >= self.max_connections {
             return Err(format!(
@@ -188,7 +197,7 @@ impl Snapshot {
     /// `_total` to each name.
     fn counters(&self) -> Vec<Figure> {
         let s = &self.stats;
-        vec![
+        let mut figures: Vec<Figure> = vec![
             ("upgrades", "WebSocket upgrades by outcome: accepted by a backend, rejected by it (403 or its own status), or refused by the broker (503, 500).", &[("outcome", "accepted")], s.accepted),
             ("upgrades", "", &[("outcome", "rejected")], s.rejected),
             ("upgrades", "", &[("outcome", "unavailable")], s.unavailable),
@@ -208,12 +217,21 @@ impl Snapshot {
             ("backend_received_bytes", "Bytes backends sent.", &[], s.backend_bytes_in),
             ("backend_events_sent", "Client events written for backends (or queued while none was connected).", &[], s.backend_events_out),
             ("backend_sent_bytes", "Bytes written to backends.", &[], s.backend_bytes_out),
-        ]
+        ];
+        if let Some((_, published, received, dropped, reconnects)) = self.cluster {
+            figures.extend([
+                ("cluster_published", "Messages and commands published to the other brokers.", &[][..], published),
+                ("cluster_received", "Messages and commands received from the other brokers.", &[], received),
+                ("cluster_dropped", "Messages and commands for the other brokers dropped (bus unavailable, or more than --max-redis-buffer waiting).", &[], dropped),
+                ("cluster_reconnects", "Connection attempts to Redis.", &[], reconnects),
+            ]);
+        }
+        figures
     }
 
     /// The gauges, as (name, help, labels, value).
     fn gauges(&self) -> Vec<Figure> {
-        vec![
+        let mut figures: Vec<Figure> = vec![
             ("connections", "Client connections by state: reading the upgrade request, waiting for a backend's answer, open, closing.", &[("state", "handshaking")], self.handshaking),
             ("connections", "", &[("state", "pending")], self.pending),
             ("connections", "", &[("state", "open")], self.open),
@@ -229,7 +247,16 @@ impl Snapshot {
             ("no_backend_queue_events", "Client events waiting for a backend to connect.", &[], self.queued_events),
             ("no_backend_queue_bytes", "Bytes of those events.", &[], self.queued_bytes),
             ("healthy", "1 while /health answers 200, 0 while it answers 503.", &[], u64::from(self.unhealthy.is_none())),
-        ]
+        ];
+        if let Some((up, ..)) = self.cluster {
+            figures.push((
+                "cluster_up",
+                "1 while both links to Redis are up (cluster mode).",
+                &[],
+                u64::from(up),
+            ));
+        }
+        figures
     }
 }
 

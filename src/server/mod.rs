@@ -37,6 +37,7 @@ mod admin;
 mod backend_io;
 mod client_io;
 mod closes;
+mod cluster;
 mod commands;
 mod conn;
 mod harness;
@@ -113,6 +114,8 @@ enum Endpoint {
     Backend(usize),
     /// An admin (monitoring) connection, by slab key.
     Admin(usize),
+    /// A link to Redis in cluster mode: 0 the subscriber, 1 the commands.
+    Redis(usize),
 }
 
 /// Bits of a token that say which kind of endpoint it names.
@@ -122,6 +125,7 @@ const KIND_FIXED: usize = 0;
 const KIND_CLIENT: usize = 1;
 const KIND_BACKEND: usize = 2;
 const KIND_ADMIN: usize = 3;
+const KIND_REDIS: usize = 4;
 
 impl Endpoint {
     /// The poll token of this endpoint.
@@ -134,6 +138,7 @@ impl Endpoint {
             Endpoint::Client(key) => (KIND_CLIENT, key),
             Endpoint::Backend(key) => (KIND_BACKEND, key),
             Endpoint::Admin(key) => (KIND_ADMIN, key),
+            Endpoint::Redis(link) => (KIND_REDIS, link),
         };
         Token(key << KIND_BITS | kind)
     }
@@ -149,6 +154,7 @@ impl Endpoint {
             (KIND_CLIENT, key) => Some(Endpoint::Client(key)),
             (KIND_BACKEND, key) => Some(Endpoint::Backend(key)),
             (KIND_ADMIN, key) => Some(Endpoint::Admin(key)),
+            (KIND_REDIS, link @ 0..=1) => Some(Endpoint::Redis(link)),
             _ => None,
         }
     }
@@ -173,6 +179,8 @@ struct Turn {
     dead_clients: Vec<usize>,
     dead_backends: Vec<usize>,
     dead_admins: Vec<usize>,
+    /// Redis links with unread input left after their read budget.
+    redis_read_again: Vec<usize>,
 }
 
 impl Turn {
@@ -182,6 +190,7 @@ impl Turn {
             || !self.backend_read_again.is_empty()
             || !self.dirty_clients.is_empty()
             || !self.dirty_backends.is_empty()
+            || !self.redis_read_again.is_empty()
     }
 }
 
@@ -235,6 +244,8 @@ pub struct Server {
     turn_times: stats::TurnTimes,
     started: Instant,
     sys: sys::MemoryReturn,
+    /// Cluster mode, with `--redis-url`.
+    cluster: Option<cluster::Cluster>,
 }
 
 fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, StartError> {
@@ -311,6 +322,7 @@ impl Server {
         server.admin_listener = admin_listener;
         server.admin_addr = admin_addr;
         server.signals = Some(signals);
+        server.start_cluster();
         Ok(server)
     }
 
@@ -349,6 +361,7 @@ impl Server {
             turn_times: stats::TurnTimes::default(),
             started: Instant::now(),
             sys: sys::MemoryReturn::default(),
+            cluster: None,
         }
     }
 
@@ -400,6 +413,7 @@ impl Server {
                     Some(Endpoint::Client(key)) => self.client_event(key, signal),
                     Some(Endpoint::Backend(key)) => self.backend_event(key, signal),
                     Some(Endpoint::Admin(key)) => self.admin_event(key, signal),
+                    Some(Endpoint::Redis(link)) => self.redis_event(link, signal),
                     None => {}
                 }
             }
@@ -424,6 +438,7 @@ impl Server {
     /// budget, deadlines, the endings recorded so far, the writes, the
     /// endings the writes produced, and the removal of ended connections.
     fn end_turn(&mut self) {
+        self.redis_read_again();
         for key in std::mem::take(&mut self.turn.backend_read_again) {
             if let Some(b) = self.backends.get_mut(key) {
                 b.read_listed = false;
@@ -438,6 +453,7 @@ impl Server {
         }
         self.fire_deadlines(Instant::now());
         self.finish_endings();
+        self.cluster_sync();
         self.flush_backends();
         self.flush_clients();
         self.finish_endings();
@@ -450,7 +466,10 @@ impl Server {
         if self.turn.has_work() {
             return Some(Duration::ZERO);
         }
-        let next = self.timers.next_deadline();
+        let mut next = self.timers.next_deadline();
+        if let Some(at) = self.cluster.as_ref().and_then(|c| c.next_deadline()) {
+            next = next.min(at);
+        }
         // Round up so a deadline is past when we wake.
         Some(next.saturating_duration_since(Instant::now()) + Duration::from_millis(1))
     }
@@ -480,6 +499,8 @@ mod tests {
             Endpoint::Signals,
             Endpoint::AdminListener,
             Endpoint::Admin(9),
+            Endpoint::Redis(0),
+            Endpoint::Redis(1),
             Endpoint::Client(0),
             Endpoint::Client(12345),
             Endpoint::Backend(0),
@@ -492,6 +513,7 @@ mod tests {
             endpoints.iter().map(|e| e.token().0).collect();
         assert_eq!(tokens.len(), endpoints.len());
         assert_eq!(Endpoint::of(Token(4 << KIND_BITS)), None);
+        assert_eq!(Endpoint::of(Token(2 << KIND_BITS | KIND_REDIS)), None);
         assert_eq!(Endpoint::of(Token(KIND_MASK)), None);
     }
 }

@@ -208,6 +208,7 @@ impl Server {
             b.peer,
             routing.live.len()
         );
+        self.tell_new_backend(key);
     }
 
     /// Events a backend was handed but will not handle go to the next

@@ -157,6 +157,7 @@ impl Server {
         while let Some(r) = self.timers.admin.pop_due(now) {
             self.admin_timed_out(r);
         }
+        self.cluster_timers(now);
         while let Some((r, wait)) = self.timers.connect.pop_due(now) {
             let Some(c) = self
                 .clients

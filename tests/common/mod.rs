@@ -26,10 +26,12 @@ use std::time::{Duration, Instant};
 mod backend;
 mod client;
 mod raw;
+mod redis;
 
 pub use backend::*;
 pub use client::*;
 pub use raw::*;
+pub use redis::*;
 
 /// The bound on every single wait (a line, a frame, a log line, an exit).
 pub const TIMEOUT: Duration = Duration::from_secs(5);
