@@ -439,14 +439,14 @@ pub fn server(data: &[u8]) {
 }
 
 /// What a client got must be an HTTP reply and, after a 101, server frames:
-/// unmasked, final, known opcodes, text in UTF-8, close codes valid.
+/// unmasked, final, known opcodes, text in UTF-8, close codes valid. It may
+/// be cut anywhere: a client that stops reading is closed with its reply
+/// or frame half written.
 fn check_client_output(output: &[u8]) {
-    if output.is_empty() {
-        return;
-    }
-    assert!(output.starts_with(b"HTTP/1.1 "), "not an HTTP reply");
+    let start = &output[..output.len().min(9)];
+    assert!(b"HTTP/1.1 ".starts_with(start), "not an HTTP reply");
     let Some(end) = memchr::memmem::find(output, b"\r\n\r\n") else {
-        panic!("an HTTP reply without the end of its head");
+        return;
     };
     if !output.starts_with(b"HTTP/1.1 101 ") {
         return;

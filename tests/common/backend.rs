@@ -206,15 +206,21 @@ impl Backend {
     /// the broker's reply: the next line carrying that `request_id`.
     /// Events that arrive meanwhile are kept, in order, for later reads.
     pub fn request(&mut self, action: &str, params: Value) -> Value {
+        self.request_within(action, params, TIMEOUT)
+    }
+
+    /// [`Backend::request`], waiting at most `limit` for the reply (for a
+    /// request behind a long stream of lines).
+    pub fn request_within(&mut self, action: &str, params: Value, limit: Duration) -> Value {
         self.next_request += 1;
         let id = format!("req-{}", self.next_request);
         self.send(&json!({"action": action, "request_id": id, "params": params}));
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + limit;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(v) = self.recv_fresh_within(left) else {
                 panic!(
-                    "backend {}: no reply to {action} within {TIMEOUT:?}",
+                    "backend {}: no reply to {action} within {limit:?}",
                     self.local
                 );
             };

@@ -31,6 +31,7 @@ mod redis;
 pub use backend::*;
 pub use client::*;
 pub use raw::*;
+#[allow(unused_imports)]
 pub use redis::*;
 
 /// The bound on every single wait (a line, a frame, a log line, an exit).
