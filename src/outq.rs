@@ -46,6 +46,59 @@ const PONG_BYTE: u8 = 0x8A;
 /// A frame (or any bytes) ready to be sent, possibly shared by many queues.
 pub type Shared = Rc<[u8]>;
 
+/// A room's messages of one turn, in order, shared by every member's queue
+/// (a member queues the batch once, not each of its frames: uWebSockets
+/// calls this corking).
+#[derive(Debug)]
+pub struct Batch {
+    frames: Box<[Shared]>,
+    bytes: usize,
+}
+
+impl Batch {
+    /// A batch of `frames` (empty frames left out).
+    pub fn new(frames: Vec<Shared>) -> Batch {
+        let frames: Box<[Shared]> = frames.into_iter().filter(|f| !f.is_empty()).collect();
+        let bytes = frames.iter().map(|f| f.len()).sum();
+        Batch { frames, bytes }
+    }
+
+    /// Frames in the batch.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Whether it holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Bytes of all its frames.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// One entry of a queue: a frame, or a room's batch of frames.
+#[derive(Debug)]
+enum Entry {
+    One(Shared),
+    Run(Rc<Batch>),
+}
+
+impl Entry {
+    fn frames(&self) -> &[Shared] {
+        match self {
+            Entry::One(frame) => std::slice::from_ref(frame),
+            Entry::Run(batch) => &batch.frames,
+        }
+    }
+
+    fn is_pong(&self) -> bool {
+        matches!(self, Entry::One(f) if f.first() == Some(&PONG_BYTE))
+    }
+}
+
 /// What a flush achieved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flushed {
@@ -58,8 +111,12 @@ pub enum Flushed {
 /// The bytes waiting to be written to one socket.
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Shared>,
+    entries: VecDeque<Entry>,
+    /// The frame of the front entry being written, and how much of it was.
+    frame: usize,
     offset: usize,
+    /// Frames queued (a batch counts its frames).
+    frames: usize,
     bytes: usize,
     cost: usize,
     /// Entries popped since the queue was made (positions are absolute).
@@ -68,7 +125,7 @@ pub struct OutQueue {
     last_pong: u64,
 }
 
-/// The memory one entry of `len` bytes stands for.
+/// The memory one frame of `len` bytes stands for.
 fn cost_of(len: usize) -> usize {
     len + ENTRY_OVERHEAD
 }
@@ -85,24 +142,29 @@ impl OutQueue {
     }
 
     /// The memory the queue stands for: its bytes plus the overhead of
-    /// every entry.
+    /// every frame.
     pub fn cost(&self) -> usize {
         self.cost
     }
 
-    /// The memory queued behind the front buffer: how far the reader is
-    /// behind, not counting the message it is receiving right now.
+    /// The memory queued behind the frame being written: how far the
+    /// reader is behind, not counting the message it is receiving now.
     pub fn backlog(&self) -> usize {
-        self.cost - self.frames.front().map_or(0, |f| cost_of(f.len()))
+        let front = self
+            .entries
+            .front()
+            .and_then(|e| e.frames().get(self.frame))
+            .map_or(0, |f| cost_of(f.len()));
+        self.cost - front
     }
 
     /// Whether nothing waits to be written.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.entries.is_empty()
     }
 
-    /// Whether the front buffer was partly written (so it cannot be dropped
-    /// without corrupting the stream).
+    /// Whether the frame being written was partly written (so it cannot be
+    /// dropped without corrupting the stream).
     pub fn front_started(&self) -> bool {
         self.offset > 0
     }
@@ -112,9 +174,21 @@ impl OutQueue {
         if frame.is_empty() {
             return;
         }
+        self.frames += 1;
         self.bytes += frame.len();
         self.cost += cost_of(frame.len());
-        self.frames.push_back(frame);
+        self.entries.push_back(Entry::One(frame));
+    }
+
+    /// Appends a room's batch: one entry for all its frames.
+    pub fn push_batch(&mut self, batch: &Rc<Batch>) {
+        if batch.is_empty() {
+            return;
+        }
+        self.frames += batch.len();
+        self.bytes += batch.bytes;
+        self.cost += batch.bytes + batch.len() * ENTRY_OVERHEAD;
+        self.entries.push_back(Entry::Run(Rc::clone(batch)));
     }
 
     /// Appends a pong, or, when [`MAX_PONGS`] already wait, puts it in
@@ -125,7 +199,7 @@ impl OutQueue {
             if let Some(i) = self.last_pong.checked_sub(self.popped) {
                 let i = i as usize;
                 let started = i == 0 && self.offset > 0;
-                if let Some(old) = self.frames.get_mut(i).filter(|_| !started) {
+                if let Some(Entry::One(old)) = self.entries.get_mut(i).filter(|_| !started) {
                     self.bytes = self.bytes - old.len() + pong.len();
                     self.cost = self.cost - cost_of(old.len()) + cost_of(pong.len());
                     *old = pong;
@@ -134,31 +208,51 @@ impl OutQueue {
             }
         }
         self.pongs += 1;
-        self.last_pong = self.popped + self.frames.len() as u64;
+        self.last_pong = self.popped + self.entries.len() as u64;
         self.push(pong);
     }
 
-    /// Drops every buffer that has not started to be written, keeping a
-    /// partly written front buffer so the stream stays well-formed.
+    /// Drops every frame that has not started to be written, keeping a
+    /// partly written one so the stream stays well-formed.
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.offset > 0);
-        for frame in self.frames.drain(keep..) {
-            self.bytes -= frame.len();
-            self.cost -= cost_of(frame.len());
-            if frame.first() == Some(&PONG_BYTE) {
+        let kept = if self.offset > 0 {
+            self.entries
+                .front()
+                .and_then(|e| e.frames().get(self.frame))
+                .cloned()
+        } else {
+            None
+        };
+        for entry in self.entries.drain(..) {
+            if entry.is_pong() {
                 self.pongs -= 1;
             }
         }
-        if self.frames.is_empty() {
-            self.frames = VecDeque::new();
+        self.entries = VecDeque::new();
+        self.frame = 0;
+        self.frames = 0;
+        self.bytes = 0;
+        self.cost = 0;
+        match kept {
+            Some(frame) => {
+                let offset = self.offset;
+                let pong = frame.first() == Some(&PONG_BYTE);
+                self.push(frame);
+                if pong {
+                    self.pongs += 1;
+                }
+                self.bytes -= offset;
+                self.offset = offset;
+            }
+            None => self.offset = 0,
         }
     }
 
     /// Writes as much as the socket takes: vectored writes until the queue
     /// is empty or the socket would block. Other errors are returned.
     pub fn flush(&mut self, sink: &mut impl Write) -> io::Result<Flushed> {
-        while !self.frames.is_empty() {
-            let written = if self.frames.len() <= FEW_IOVECS {
+        while !self.entries.is_empty() {
+            let written = if self.frames <= FEW_IOVECS {
                 self.write_some::<FEW_IOVECS>(sink)
             } else {
                 self.write_some::<MAX_IOVECS>(sink)
@@ -175,14 +269,25 @@ impl OutQueue {
         Ok(Flushed::All)
     }
 
-    /// One vectored write of up to `N` queued buffers.
+    /// One vectored write of up to `N` queued frames.
     fn write_some<const N: usize>(&self, sink: &mut impl Write) -> io::Result<usize> {
         let mut slices = [IoSlice::new(&[]); N];
         let mut count = 0;
-        for (slot, frame) in slices.iter_mut().zip(&self.frames) {
-            let start = if count == 0 { self.offset } else { 0 };
-            *slot = IoSlice::new(&frame[start..]);
-            count += 1;
+        'fill: for (i, entry) in self.entries.iter().enumerate() {
+            let frames = entry.frames();
+            let (first, offset) = if i == 0 {
+                (self.frame, self.offset)
+            } else {
+                (0, 0)
+            };
+            for (j, frame) in frames[first..].iter().enumerate() {
+                if count == N {
+                    break 'fill;
+                }
+                let start = if j == 0 { offset } else { 0 };
+                slices[count] = IoSlice::new(&frame[start..]);
+                count += 1;
+            }
         }
         sink.write_vectored(&slices[..count])
     }
@@ -190,30 +295,49 @@ impl OutQueue {
     fn consume(&mut self, mut n: usize) {
         self.bytes -= n;
         while n > 0 {
-            let Some(front) = self.frames.front() else {
+            let Some(front) = self.entries.front() else {
                 break;
             };
-            let left = front.len() - self.offset;
-            if n >= left {
-                n -= left;
-                self.offset = 0;
-                self.cost -= cost_of(front.len());
-                if front.first() == Some(&PONG_BYTE) {
+            let frames = front.frames();
+            // A whole batch written at once: one step, not one per frame.
+            if self.frame == 0 && self.offset == 0 {
+                if let Entry::Run(batch) = front {
+                    if n >= batch.bytes {
+                        n -= batch.bytes;
+                        self.cost -= batch.bytes + batch.len() * ENTRY_OVERHEAD;
+                        self.frames -= batch.len();
+                        self.entries.pop_front();
+                        self.popped += 1;
+                        continue;
+                    }
+                }
+            }
+            let len = frames[self.frame].len();
+            let left = len - self.offset;
+            if n < left {
+                self.offset += n;
+                break;
+            }
+            n -= left;
+            self.offset = 0;
+            self.cost -= cost_of(len);
+            self.frames -= 1;
+            self.frame += 1;
+            if self.frame == frames.len() {
+                if front.is_pong() {
                     self.pongs -= 1;
                 }
-                self.frames.pop_front();
+                self.frame = 0;
+                self.entries.pop_front();
                 self.popped += 1;
-            } else {
-                self.offset += n;
-                n = 0;
             }
         }
-        let capacity = self.frames.capacity();
-        if self.frames.is_empty() && capacity > 16 {
+        let capacity = self.entries.capacity();
+        if self.entries.is_empty() && capacity > 16 {
             // Give back the ring a burst grew; an idle client keeps nothing.
-            self.frames = VecDeque::new();
-        } else if capacity > 1024 && self.frames.len() < capacity / 4 {
-            self.frames.shrink_to(capacity / 2);
+            self.entries = VecDeque::new();
+        } else if capacity > 1024 && self.entries.len() < capacity / 4 {
+            self.entries.shrink_to(capacity / 2);
         }
     }
 }
@@ -327,7 +451,7 @@ mod tests {
         for n in 0..100u8 {
             q.push_pong(pong(n));
         }
-        assert_eq!(q.frames.len(), 1 + MAX_PONGS);
+        assert_eq!(q.entries.len(), 1 + MAX_PONGS);
         let mut sink = Trickle {
             out: Vec::new(),
             per_call: 1 << 20,
@@ -360,7 +484,75 @@ mod tests {
             calls_left: 9,
         };
         q.flush(&mut sink).unwrap();
-        assert_eq!(q.frames.len(), 10_000 - 9 * 1024);
-        assert!(q.frames.capacity() <= 2048, "{}", q.frames.capacity());
+        assert_eq!(q.entries.len(), 10_000 - 9 * 1024);
+        assert!(q.entries.capacity() <= 2048, "{}", q.entries.capacity());
+    }
+
+    #[test]
+    fn batches_and_frames_interleave_in_order_through_partial_writes() {
+        // Deterministic variety: several write sizes, batches of several
+        // lengths, single frames between them.
+        for per_call in [1usize, 3, 7, 64, 1 << 20] {
+            let mut q = OutQueue::new();
+            let mut want = Vec::new();
+            let mut n = 0u8;
+            let mut frame = |len: usize| -> Shared {
+                n = n.wrapping_add(1);
+                let f: Shared = Rc::from(vec![n; len]);
+                f
+            };
+            for round in 0..20 {
+                if round % 3 == 0 {
+                    let f = frame(round % 5 + 1);
+                    want.extend_from_slice(&f);
+                    q.push(f);
+                } else {
+                    let frames: Vec<Shared> = (0..round % 4 + 1).map(|k| frame(k + 2)).collect();
+                    for f in &frames {
+                        want.extend_from_slice(f);
+                    }
+                    q.push_batch(&Rc::new(Batch::new(frames)));
+                }
+            }
+            assert_eq!(q.bytes(), want.len());
+            let mut sink = Trickle {
+                out: Vec::new(),
+                per_call,
+                calls_left: usize::MAX,
+            };
+            assert_eq!(q.flush(&mut sink).unwrap(), Flushed::All);
+            assert_eq!(sink.out, want, "per_call {per_call}");
+            assert_eq!((q.bytes(), q.cost(), q.frames), (0, 0, 0));
+        }
+    }
+
+    #[test]
+    fn a_batch_counts_each_frame_and_discard_keeps_a_started_one() {
+        let batch = Rc::new(Batch::new(vec![
+            Rc::from(&b"abc"[..]),
+            Rc::from(&b"de"[..]),
+            Rc::from(&b"f"[..]),
+        ]));
+        let mut q = OutQueue::new();
+        q.push_batch(&batch);
+        q.push_batch(&batch);
+        assert_eq!(q.bytes(), 12);
+        assert_eq!(q.cost(), 12 + 6 * ENTRY_OVERHEAD);
+        assert_eq!(q.backlog(), q.cost() - (3 + ENTRY_OVERHEAD));
+        let mut sink = Trickle {
+            out: Vec::new(),
+            per_call: 4,
+            calls_left: 1,
+        };
+        q.flush(&mut sink).unwrap();
+        // "abc" and "d" written: "de" is started.
+        assert!(q.front_started());
+        q.discard_unstarted();
+        assert_eq!(q.bytes(), 1);
+        sink.calls_left = 10;
+        q.flush(&mut sink).unwrap();
+        assert_eq!(sink.out, b"abcde");
+        assert!(q.is_empty());
+        assert_eq!(Rc::strong_count(&batch), 1, "the queue let go of the batch");
     }
 }

@@ -26,6 +26,8 @@ use super::{list_once, Server};
 impl Server {
     /// Records how client `key` ends; carried out at the end of the turn.
     pub(super) fn end_client(&mut self, key: usize, ending: Ending) {
+        // What was corked for this client comes before its last bytes.
+        self.seal();
         let Some(c) = self.clients.get_mut(key) else {
             return;
         };

@@ -1164,6 +1164,7 @@ impl Server {
     /// Carries out a command from another broker on this broker's own
     /// connections (never published again).
     fn apply_here(&mut self, command: Command<'_>) {
+        self.seal();
         match command {
             Command::JoinRoom { target, room_id } => {
                 self.join_room(&target, &room_id);

@@ -7,6 +7,7 @@
 //! shared frame.
 
 use std::borrow::Cow;
+use std::rc::Rc;
 use std::time::Instant;
 
 use ahash::AHashMap;
@@ -17,11 +18,26 @@ use crate::backend::{self, Command, Line, Payload, Target};
 use crate::cluster::bus::{Channel, Kind};
 use crate::hub::Audience;
 use crate::json::push_str;
-use crate::outq::Shared;
+use crate::outq::{Batch, Shared};
 use crate::ws::encode;
 
 use super::conn::Ending;
 use super::{list_once, Server};
+
+/// Room messages (or broadcasts) of this turn in a row, waiting to be
+/// queued on their audience as one batch.
+#[derive(Debug)]
+pub(super) struct Cork {
+    to: CorkTo,
+    frames: Vec<Shared>,
+}
+
+/// Who corked messages go to.
+#[derive(Debug)]
+enum CorkTo {
+    Room(Box<str>),
+    All,
+}
 
 impl Server {
     /// Carries out one line from backend `from` (the auth gate is behind
@@ -35,6 +51,18 @@ impl Server {
             ack,
             command,
         } = line;
+        // Room messages and broadcasts in a row are corked (fan_out);
+        // anything else first queues what was corked, so every client gets
+        // what it is sent in the order the backend sent it.
+        let corkable = !ack
+            && match &command {
+                Command::Broadcast { .. } => true,
+                Command::MessageToRoom { exclude, .. } => exclude.is_empty(),
+                _ => false,
+            };
+        if !corkable {
+            self.seal();
+        }
         let mut published = false;
         let reached = match command {
             // Handled at the auth gate (backend_io.rs).
@@ -238,13 +266,62 @@ impl Server {
 
     /// Queues `frame` on every open connection of the audience but those
     /// in `skip` (a local message, or one from another broker); returns
-    /// how many got it.
+    /// how many got it (for a corked message: the audience's size).
+    ///
+    /// A message to a room, or to everyone, with nobody excluded is corked:
+    /// kept with the messages to the same audience that follow it in the
+    /// turn, and queued on the members as one batch when something else
+    /// comes (another audience, any other command, a client's ending) or
+    /// the turn ends ([`Server::seal`]). Each member then costs one queue
+    /// entry per batch instead of one per message.
     pub(super) fn fan_out_frame(
         &mut self,
         audience: Audience<'_>,
         frame: &Shared,
         skip: &[usize],
     ) -> usize {
+        if skip.is_empty() {
+            let corked = match (&mut self.cork, audience) {
+                (
+                    Some(Cork {
+                        to: CorkTo::Room(r),
+                        frames,
+                    }),
+                    Audience::Room(room),
+                ) if **r == *room => {
+                    frames.push(frame.clone());
+                    true
+                }
+                (
+                    Some(Cork {
+                        to: CorkTo::All,
+                        frames,
+                    }),
+                    Audience::All,
+                ) => {
+                    frames.push(frame.clone());
+                    true
+                }
+                _ => false,
+            };
+            let to = match audience {
+                Audience::Room(room) => Some(CorkTo::Room(room.into())),
+                Audience::All => Some(CorkTo::All),
+                _ => None,
+            };
+            if corked {
+                return self.hub.audience(audience).len();
+            }
+            if let Some(to) = to {
+                self.seal();
+                self.cork = Some(Cork {
+                    to,
+                    frames: vec![frame.clone()],
+                });
+                return self.hub.audience(audience).len();
+            }
+        }
+        self.seal();
         let members = self.hub.audience(audience);
         if members.is_empty() {
             return 0;
@@ -264,6 +341,34 @@ impl Server {
         self.stats.deliveries += reached as u64;
         self.stats.delivered_bytes += (reached * frame.len()) as u64;
         reached
+    }
+
+    /// Queues the corked messages, as one shared batch, on every open
+    /// connection of their audience (as it is now: membership does not
+    /// change while messages are corked).
+    pub(super) fn seal(&mut self) {
+        let Some(cork) = self.cork.take() else {
+            return;
+        };
+        let batch = Rc::new(Batch::new(cork.frames));
+        let audience = match &cork.to {
+            CorkTo::Room(room) => Audience::Room(room),
+            CorkTo::All => Audience::All,
+        };
+        let mut reached = 0;
+        for &key in self.hub.audience(audience) {
+            let Some(c) = self.clients.get_mut(key) else {
+                continue;
+            };
+            if c.ending.is_some() {
+                continue;
+            }
+            c.outq.push_batch(&batch);
+            list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
+            reached += 1;
+        }
+        self.stats.deliveries += (reached * batch.len()) as u64;
+        self.stats.delivered_bytes += (reached * batch.bytes()) as u64;
     }
 
     /// `join_room`: the target's open connections join; joining twice is a

@@ -159,6 +159,7 @@ impl Server {
         assert!(events <= self.config.queue_size);
         assert!(bytes <= self.config.queue_bytes);
         assert!(self.turn.ending_clients.is_empty() && self.turn.ending_backends.is_empty());
+        assert!(self.cork.is_none(), "messages left corked after the turn");
         assert!(self.turn.dead_clients.is_empty() && self.turn.dead_backends.is_empty());
     }
 }

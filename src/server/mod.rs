@@ -246,6 +246,8 @@ pub struct Server {
     sys: sys::MemoryReturn,
     /// Cluster mode, with `--redis-url`.
     cluster: Option<cluster::Cluster>,
+    /// Room messages of this turn waiting to be queued as one batch.
+    cork: Option<commands::Cork>,
 }
 
 fn bind(addr: SocketAddr, flag: &str) -> Result<TcpListener, StartError> {
@@ -362,6 +364,7 @@ impl Server {
             started: Instant::now(),
             sys: sys::MemoryReturn::default(),
             cluster: None,
+            cork: None,
         }
     }
 
@@ -452,6 +455,7 @@ impl Server {
             self.client_read(key);
         }
         self.fire_deadlines(Instant::now());
+        self.seal();
         self.finish_endings();
         self.cluster_sync();
         self.flush_backends();

@@ -8,9 +8,12 @@
 //! - `fanout`: the tool writes one control line per message on the control
 //!   port (`ROOM\tPAYLOAD\n`, ROOM a number from the client's path
 //!   `/ws/ROOM/...` or `*` for everyone). Each line becomes one frame,
-//!   encoded once and shared (Rc) by every member's queue; each queue is
-//!   flushed with vectored writes once per loop turn. No JSON, no ids, no
-//!   hashing: rooms are a Vec indexed by number.
+//!   encoded once into the room's batch for the turn; at the end of the
+//!   turn each room's batch gets one iovec array, built once, and every
+//!   member that is caught up gets one vectored write of it; only what a
+//!   socket did not take is queued (a reference to the batch and a
+//!   position). Nothing is done per delivery but the write itself. No
+//!   JSON, no ids, no hashing: rooms are a Vec indexed by number.
 //! - `echo`: every client frame is written straight back, unmasked, to its
 //!   sender: one read and one write per round trip.
 //! - `accept`: nothing after the 101.
@@ -51,14 +54,17 @@ const CTRL_LISTENER: Token = Token(usize::MAX - 2);
 const CTRL: Token = Token(usize::MAX - 3);
 const MAX_IOV: usize = 1024;
 
+/// A room's frames of one turn, shared by its members.
+type Batch = Rc<[Rc<[u8]>]>;
+
 struct Conn {
     stream: TcpStream,
     upgraded: bool,
     /// Upgrade head, or a partial inbound frame (echo).
     inbuf: Vec<u8>,
-    /// Shared frames to send (fanout); the first one from `out_off`.
-    out: VecDeque<Rc<[u8]>>,
-    out_off: usize,
+    /// Batches not yet fully written (fanout): the batch, the frame and the
+    /// byte of it where the socket stopped.
+    out: VecDeque<(Batch, usize, usize)>,
     /// Bytes not yet written (101 reply, echoed frames).
     raw: Vec<u8>,
     writable: bool,
@@ -70,6 +76,9 @@ struct Server {
     conns: Vec<Option<Conn>>,
     rooms: Vec<Vec<usize>>,
     everyone: Vec<usize>,
+    /// This turn's frames per room (index = room), and for everyone.
+    turn_rooms: Vec<Vec<Rc<[u8]>>>,
+    turn_everyone: Vec<Rc<[u8]>>,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
 }
@@ -128,6 +137,8 @@ fn run(mode: Mode, timeout: Duration) -> io::Result<()> {
         conns: Vec::new(),
         rooms: Vec::new(),
         everyone: Vec::new(),
+        turn_rooms: Vec::new(),
+        turn_everyone: Vec::new(),
         dirty: Vec::new(),
         scratch: vec![0; 256 * 1024],
     };
@@ -176,6 +187,7 @@ fn run(mode: Mode, timeout: Duration) -> io::Result<()> {
                 }
             }
         }
+        server.write_batches();
         server.flush_dirty();
     }
 }
@@ -197,7 +209,6 @@ impl Server {
                         upgraded: false,
                         inbuf: Vec::new(),
                         out: VecDeque::new(),
-                        out_off: 0,
                         raw: Vec::new(),
                         writable: true,
                         queued: false,
@@ -245,25 +256,84 @@ impl Server {
         ws::push_head(&mut frame, ws::OP_TEXT, payload.len(), None);
         frame.extend_from_slice(payload);
         let frame: Rc<[u8]> = frame.into();
-        let members = if room == b"*" {
-            &self.everyone
-        } else {
-            match std::str::from_utf8(room)
-                .ok()
-                .and_then(|r| r.parse::<usize>().ok())
-                .and_then(|r| self.rooms.get(r))
-            {
-                Some(m) => m,
-                None => return,
-            }
+        if room == b"*" {
+            self.turn_everyone.push(frame);
+            return;
+        }
+        let Some(r) = std::str::from_utf8(room)
+            .ok()
+            .and_then(|r| r.parse::<usize>().ok())
+            .filter(|&r| r < self.rooms.len())
+        else {
+            return;
         };
+        if self.turn_rooms.len() <= r {
+            self.turn_rooms.resize_with(r + 1, Vec::new);
+        }
+        self.turn_rooms[r].push(frame);
+    }
+
+    /// The end of a turn: each room's frames of the turn, as one batch with
+    /// one iovec array, in one vectored write to every member that is
+    /// caught up (its socket writable, nothing older queued); the rest is
+    /// queued for `flush`.
+    fn write_batches(&mut self) {
+        let mut turn_rooms = std::mem::take(&mut self.turn_rooms);
+        for (r, frames) in turn_rooms.iter_mut().enumerate() {
+            if !frames.is_empty() {
+                let batch: Batch = std::mem::take(frames).into();
+                let members = std::mem::take(&mut self.rooms[r]);
+                self.write_batch(&batch, &members);
+                self.rooms[r] = members;
+            }
+        }
+        self.turn_rooms = turn_rooms;
+        if !self.turn_everyone.is_empty() {
+            let batch: Batch = std::mem::take(&mut self.turn_everyone).into();
+            let members = std::mem::take(&mut self.everyone);
+            self.write_batch(&batch, &members);
+            self.everyone = members;
+        }
+    }
+
+    fn write_batch(&mut self, batch: &Batch, members: &[usize]) {
+        let iov: Vec<IoSlice<'_>> = batch
+            .iter()
+            .take(MAX_IOV)
+            .map(|f| IoSlice::new(f))
+            .collect();
+        let first: usize = batch.iter().take(MAX_IOV).map(|f| f.len()).sum();
         for &i in members {
-            if let Some(Some(c)) = self.conns.get_mut(i) {
-                c.out.push_back(frame.clone());
-                if !c.queued {
-                    c.queued = true;
-                    self.dirty.push(i);
+            let Some(Some(c)) = self.conns.get_mut(i) else {
+                continue;
+            };
+            if c.writable && c.out.is_empty() && c.raw.is_empty() {
+                match c.stream.write_vectored(&iov) {
+                    Ok(n) if n == first && batch.len() <= MAX_IOV => continue,
+                    Ok(n) => {
+                        // Where the socket stopped.
+                        let (mut frame, mut left) = (0, n);
+                        while left >= batch[frame].len() {
+                            left -= batch[frame].len();
+                            frame += 1;
+                        }
+                        c.out.push_back((batch.clone(), frame, left));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        c.writable = false;
+                        c.out.push_back((batch.clone(), 0, 0));
+                    }
+                    Err(_) => {
+                        self.conns[i] = None;
+                        continue;
+                    }
                 }
+            } else {
+                c.out.push_back((batch.clone(), 0, 0));
+            }
+            if !c.queued {
+                c.queued = true;
+                self.dirty.push(i);
             }
         }
     }
@@ -415,21 +485,32 @@ fn flush(c: &mut Conn) -> bool {
         let empty: &[u8] = &[];
         let mut iov = [IoSlice::new(empty); MAX_IOV];
         let mut k = 0;
-        for (j, f) in c.out.iter().take(MAX_IOV).enumerate() {
-            iov[j] = IoSlice::new(if j == 0 { &f[c.out_off..] } else { f });
-            k = j + 1;
+        'fill: for (b, (batch, frame, off)) in c.out.iter().enumerate() {
+            let (frame, off) = if b == 0 { (*frame, *off) } else { (0, 0) };
+            for (j, f) in batch[frame..].iter().enumerate() {
+                if k == MAX_IOV {
+                    break 'fill;
+                }
+                iov[k] = IoSlice::new(if j == 0 { &f[off..] } else { f });
+                k += 1;
+            }
         }
         match c.stream.write_vectored(&iov[..k]) {
             Ok(mut n) => {
                 while n > 0 {
-                    let head = c.out[0].len() - c.out_off;
-                    if n >= head {
-                        n -= head;
+                    let Some((batch, frame, off)) = c.out.front_mut() else {
+                        break;
+                    };
+                    let left = batch[*frame].len() - *off;
+                    if n < left {
+                        *off += n;
+                        break;
+                    }
+                    n -= left;
+                    *off = 0;
+                    *frame += 1;
+                    if *frame == batch.len() {
                         c.out.pop_front();
-                        c.out_off = 0;
-                    } else {
-                        c.out_off += n;
-                        n = 0;
                     }
                 }
             }
