@@ -7,7 +7,7 @@ use std::rc::Rc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use pystrands::backend::{self, Command};
-use pystrands::outq::OutQueue;
+use pystrands::outq::{Batch, OutQueue};
 use pystrands::ws::{encode, frame::FrameReader, handshake};
 
 /// A socket stand-in that accepts everything and counts bytes.
@@ -96,18 +96,48 @@ fn frames(c: &mut Criterion) {
     group.finish();
 }
 
+/// The fan-out path from encode to the socket: a room's frames of one turn
+/// as one shared batch on every member's queue (what the broker does for
+/// consecutive room messages), then one vectored flush per member into an
+/// in-memory sink; at 1, 5 and 50 frames per member per turn, and per
+/// frame as queued one by one (a private message, or a message between
+/// messages to other audiences).
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan_out");
-    for members in [100usize, 1_000, 10_000] {
-        let messages = 10;
-        group.throughput(Throughput::Elements((members * messages) as u64));
+    for members in [1_000usize, 10_000] {
+        for frames_per_turn in [1usize, 5, 50] {
+            group.throughput(Throughput::Elements((members * frames_per_turn) as u64));
+            group.bench_function(
+                format!("{members} members x {frames_per_turn} frames/turn: batch + flush"),
+                |b| {
+                    let mut queues: Vec<OutQueue> =
+                        (0..members).map(|_| OutQueue::new()).collect();
+                    let mut sink = Sink(0);
+                    b.iter(|| {
+                        let frames: Vec<_> = (0..frames_per_turn)
+                            .map(|i| encode::message(&[b'a' + i as u8; 64], false))
+                            .collect();
+                        let batch = Rc::new(Batch::new(frames));
+                        for q in queues.iter_mut() {
+                            q.push_batch(&batch);
+                        }
+                        for q in queues.iter_mut() {
+                            q.flush(&mut sink).expect("sink never fails");
+                        }
+                    });
+                    black_box(sink.0);
+                },
+            );
+        }
+        let frames_per_turn = 5;
+        group.throughput(Throughput::Elements((members * frames_per_turn) as u64));
         group.bench_function(
-            format!("{members} members x {messages} msgs: enqueue+flush"),
+            format!("{members} members x {frames_per_turn} frames/turn: one by one + flush"),
             |b| {
                 let mut queues: Vec<OutQueue> = (0..members).map(|_| OutQueue::new()).collect();
                 let mut sink = Sink(0);
                 b.iter(|| {
-                    for i in 0..messages {
+                    for i in 0..frames_per_turn {
                         let frame = encode::message(&[b'a' + i as u8; 64], false);
                         for q in queues.iter_mut() {
                             q.push(Rc::clone(&frame));
