@@ -16,6 +16,11 @@ installs them), and ``selenium``, ``pytest`` and ``websockets`` from PyPI.
 ``CHROMIUM`` and ``CHROMEDRIVER`` override the executables' paths.
 
     python -m pytest examples/chat/test_browser.py
+
+``CHAT_BROWSER=firefox`` runs the same test in Firefox (Debian's
+``firefox-esr``) through geckodriver (``cargo install geckodriver``), found
+on PATH or at ``FIREFOX`` and ``GECKODRIVER``; Firefox's driver has no
+console log to check. CI runs Chromium.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, TypeVar, cast
 
 import pytest
 
@@ -48,8 +53,10 @@ except ImportError:  # a checkout without the package installed: use its source
 
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
-from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
+from selenium.webdriver.firefox.service import Service as FirefoxService
+from selenium.webdriver.remote.webdriver import WebDriver
 from websockets.sync.client import connect as ws_connect
 
 #: The directory holding the package under test, for the app's PYTHONPATH.
@@ -199,8 +206,11 @@ def chat() -> Iterator[Chat]:
 
 # ------------------------------------------------------------------ browsers
 
+BROWSER = os.environ.get("CHAT_BROWSER", "chromium")
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FIREFOX = os.environ.get("FIREFOX") or shutil.which("firefox-esr") or shutil.which("firefox") or ""
+GECKODRIVER = os.environ.get("GECKODRIVER") or shutil.which("geckodriver") or ""
 
 #: Everything the tests read off a page, in one round trip.
 SNAPSHOT = """
@@ -230,7 +240,7 @@ return {
 class Page:
     """One browser tab of the chat."""
 
-    def __init__(self, driver: "webdriver.Chrome", label: str, handle: str) -> None:
+    def __init__(self, driver: "WebDriver", label: str, handle: str) -> None:
         self.driver = driver
         self.label = label
         self.handle = handle
@@ -323,10 +333,20 @@ class Browsers:
 
     def __init__(self, profiles: Path) -> None:
         self.profiles = profiles
-        self.drivers: List["webdriver.Chrome"] = []
+        self.drivers: List["WebDriver"] = []
         self.pages: List[Page] = []
+        self.saved: List[Path] = []
 
     def open(self, label: str) -> Page:
+        driver = self._firefox(label) if BROWSER == "firefox" else self._chromium(label)
+        driver.set_page_load_timeout(TIMEOUT)
+        driver.set_script_timeout(TIMEOUT)
+        self.drivers.append(driver)
+        page = Page(driver, label, driver.current_window_handle)
+        self.pages.append(page)
+        return page
+
+    def _chromium(self, label: str) -> WebDriver:
         for path, what in ((CHROMIUM, "Chromium"), (CHROMEDRIVER, "chromedriver")):
             if not os.access(path, os.X_OK):
                 pytest.fail(f"{what} not found at {path}: install Debian's chromium and "
@@ -345,18 +365,34 @@ class Browsers:
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         # An explicit driver path: Selenium Manager (which could download one) is not used.
-        service = Service(executable_path=CHROMEDRIVER,
-                          log_output=str(SHOTS / f"chromedriver-{label}.log"))
+        service = ChromeService(executable_path=CHROMEDRIVER,
+                                log_output=str(SHOTS / f"chromedriver-{label}.log"))
         try:
-            driver = webdriver.Chrome(options=options, service=service)
+            return webdriver.Chrome(options=options, service=service)
         except WebDriverException as exc:
             pytest.fail(f"cannot start Chromium {CHROMIUM} with {CHROMEDRIVER}: {exc}")
-        driver.set_page_load_timeout(TIMEOUT)
-        driver.set_script_timeout(TIMEOUT)
-        self.drivers.append(driver)
-        page = Page(driver, label, driver.current_window_handle)
-        self.pages.append(page)
-        return page
+
+    def _firefox(self, label: str) -> WebDriver:
+        for path, what in ((FIREFOX, "Firefox"), (GECKODRIVER, "geckodriver")):
+            if not path or not os.access(path, os.X_OK):
+                pytest.fail(f"{what} not found (set FIREFOX and GECKODRIVER)")
+        options = webdriver.FirefoxOptions()
+        options.binary_location = FIREFOX
+        for flag in ("-headless", "--width=1100", "--height=720"):
+            options.add_argument(flag)
+        # no traffic of Firefox's own: this machine reaches nothing but loopback
+        for pref, value in (("app.update.enabled", False), ("browser.safebrowsing.update.enabled", False),
+                            ("datareporting.policy.dataSubmissionEnabled", False),
+                            ("network.captive-portal-service.enabled", False),
+                            ("network.connectivity-service.enabled", False),
+                            ("extensions.update.enabled", False)):
+            options.set_preference(pref, value)
+        service = FirefoxService(executable_path=GECKODRIVER,
+                                 log_output=str(SHOTS / f"geckodriver-{label}.log"))
+        try:
+            return webdriver.Firefox(options=options, service=service)
+        except WebDriverException as exc:
+            pytest.fail(f"cannot start Firefox {FIREFOX} with {GECKODRIVER}: {exc}")
 
     def new_tab(self, page: Page, label: str) -> Page:
         """A second tab of the same browser (same profile, so the same sign-in)."""
@@ -365,25 +401,25 @@ class Browsers:
         self.pages.append(tab)
         return tab
 
-    def screenshots(self, prefix: str) -> List[Path]:
-        saved = []
-        for page in self.pages:
-            path = SHOTS / f"{prefix}-{page.label}.png"
-            try:
-                page.screenshot(path)
-            except WebDriverException:
-                continue
-            saved.append(path)
-        return saved
+    def screenshot(self, page: Page, name: str) -> None:
+        path = SHOTS / f"{name}.png"
+        try:
+            page.screenshot(path)
+        except WebDriverException:
+            return
+        self.saved.append(path)
 
     def console_errors(self, *expected: str) -> List[str]:
         """Errors in the pages' consoles (uncaught exceptions, refused loads,
         Content-Security-Policy violations) since the last call, but those
         containing one of ``expected`` and the failed WebSocket connections a
         reconnecting page is expected to log."""
-        errors = []
+        errors: List[str] = []
+        if BROWSER == "firefox":
+            return errors  # geckodriver offers no console log
         for driver in self.drivers:
-            log: List[Dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
+            chrome = cast(webdriver.Chrome, driver)
+            log: List[Dict[str, Any]] = chrome.get_log("browser")  # type: ignore[no-untyped-call]
             for entry in log:
                 text = entry.get("message", "")
                 if entry.get("level") != "SEVERE" or "WebSocket connection to" in text:
@@ -408,11 +444,12 @@ def browsers(tmp_path: Path, request: pytest.FixtureRequest,
     try:
         yield opened
     finally:
-        saved = opened.screenshots(request.node.name)
+        for page in opened.pages:
+            opened.screenshot(page, f"{BROWSER}-{request.node.name}-{page.label}")
         opened.quit()
         with capsys.disabled():
             print()
-            for path in saved:
+            for path in opened.saved:
                 print(f"screenshot: {path.relative_to(REPO)}")
 
 
@@ -478,7 +515,7 @@ def test_the_page_signs_out_on_a_bad_token_and_checks_the_password(chat: Chat, b
                                    f"/session - Failed to load resource: {refused}") == []
 
 
-def test_chat_in_chromium(chat: Chat, browsers: Browsers) -> None:
+def test_chat_in_the_browser(chat: Chat, browsers: Browsers) -> None:
     describe = chat.logs
 
     # Three people sign in, one after the other; everyone lands in the lobby.
@@ -572,6 +609,7 @@ def test_chat_in_chromium(chat: Chat, browsers: Browsers) -> None:
     for page in online:
         page.wait("the lost connection shown", lambda s: s["state"] == "reconnecting"
                   and not s["composerEnabled"])
+    browsers.screenshot(ann, f"{BROWSER}-broker-down-ann")
     chat.start_broker()
     for page in online:
         page.wait("back online on a new connection",

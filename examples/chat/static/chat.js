@@ -221,6 +221,7 @@ function setStatus(status, detail) {
   $("state-text").textContent = detail || status;
   $("retry").hidden = !(status === "reconnecting" && !state.ws);
   const online = status === "online";
+  $("chat").dataset.online = String(online);
   $("composer-input").disabled = !online || !state.active;
   $("composer-send").disabled = !online || !state.active;
   if (status === "removed") {
