@@ -195,9 +195,14 @@ def close_reason(text: str) -> str:
 
 class Chat:
     """The chat's backend: the handlers of a :class:`PyStrands` app and what it
-    remembers: the rooms of each user (so a new tab, or a page reconnecting
-    after a broker restart, gets them back) and the last member list sent for
-    each room (to tell who joined and who left)."""
+    remembers: the rooms of each user who is online (so a new tab, or a page
+    reconnecting after a broker restart, gets them back; a page that comes
+    back after its user was forgotten says which rooms it had) and the last
+    member list sent for each room (to tell who joined and who left).
+
+    A send fails with :class:`~pystrands.NotConnectedError` while the broker
+    is away; the handlers then log it and the pages catch up when they
+    reconnect."""
 
     def __init__(self, app: PyStrands, tokens: Tokens) -> None:
         self.app = app
@@ -275,6 +280,12 @@ class Chat:
         return True
 
     async def connected(self, context: Context) -> None:
+        try:
+            await self._connected(context)
+        except PyStrandsError as exc:
+            logger.warning("welcoming %s: %s", context.client_id, exc)
+
+    async def _connected(self, context: Context) -> None:
         name = context.client_id
         rooms = self.rooms_of.setdefault(name, list(context.rooms))
         await self.send(
@@ -286,11 +297,23 @@ class Chat:
             await self.refresh(room, to_connection=context.connection_id)
 
     async def disconnected(self, context: Context) -> None:
+        name = context.client_id
         for room in context.rooms:
             await self.refresh(room)
+        # Every tab of a user is in all of the user's rooms: in none of them
+        # any more, the user has no tab left.
+        if not any(name in self.members.get(room, ()) for room in context.rooms):
+            self.rooms_of.pop(name, None)
 
     async def received(self, message: object, context: Context) -> None:
+        try:
+            await self._received(message, context)
+        except PyStrandsError as exc:
+            logger.warning("message of %s: %s", context.client_id, exc)
+
+    async def _received(self, message: object, context: Context) -> None:
         if not isinstance(message, str):
+            await self.send(context.connection_id, {"type": "error", "text": "not a chat command"})
             return
         try:
             command = json.loads(message)
@@ -400,12 +423,13 @@ class Chat:
             return "you cannot remove yourself"
         reason = reason.strip()[:MAX_REASON] if isinstance(reason, str) else ""
         text = f"removed by {context.client_id}" + (f": {reason}" if reason else "")
+        rooms = list(self.rooms_of.get(user, []))
         closed = await self.app.disconnect_client(
             client_id=user, code=KICK_CODE, reason=close_reason(text), ack=True
         )
         if not closed:
             return f"{user} is not online"
-        for room in self.rooms_of.get(user, []):
+        for room in rooms:
             await self.app.send_room_message(
                 room, json.dumps({"type": "notice", "room": room, "text": f"{user} was {text}"})
             )

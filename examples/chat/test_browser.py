@@ -638,3 +638,4 @@ def test_chat_in_the_browser(chat: Chat, browsers: Browsers) -> None:
     final = bob.snapshot()
     assert final["state"] == "removed" and final["opens"] == bob_opens, final
     assert browsers.console_errors() == []
+    assert "Traceback" not in "\n".join(chat.app.lines), describe()
