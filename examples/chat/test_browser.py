@@ -117,9 +117,12 @@ class Process:
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
-                line = self.found.get(timeout=max(0.0, deadline - time.monotonic()))
+                line = self.found.get(timeout=0.1)
             except queue.Empty:
-                pytest.fail(f"{self.name} did not print {pattern.pattern!r}:\n{self.log}")
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"{self.name} did not print {pattern.pattern!r} "
+                                f"(exit status {self.proc.poll()}):\n{self.log}")
+                continue
             match = pattern.search(line)
             if match:
                 return match
