@@ -606,10 +606,12 @@ class BundledBroker:
             self.args, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         assert proc.stderr is not None
-        threading.Thread(target=self._pump, args=(proc.stderr,), daemon=True).start()
+        pump = threading.Thread(target=self._pump, args=(proc.stderr,), daemon=True)
+        pump.start()
         deadline = time.monotonic() + timeout
         while not self._listening.wait(0.05):
             if proc.poll() is not None:
+                pump.join(1.0)  # its last words first
                 raise SystemExit(f"chat: the broker exited with status {proc.returncode}")
             if time.monotonic() > deadline:
                 self.stop()
