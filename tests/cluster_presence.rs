@@ -55,7 +55,10 @@ fn wait_presence(
         if pred(&p) {
             return p;
         }
-        assert!(Instant::now() < deadline, "presence of {room} never as expected: {p:?}");
+        assert!(
+            Instant::now() < deadline,
+            "presence of {room} never as expected: {p:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -89,11 +92,20 @@ fn presence_is_cluster_wide_and_a_dead_brokers_members_vanish() {
         ("ann".to_owned(), json!({"n": 1}), 2),
         ("bob".to_owned(), json!({}), 1),
     ];
-    let on_a = wait_presence(&mut backend_a, "chat", TIMEOUT, |p| p.len() == 2 && p[0].2 == 2);
+    let on_a = wait_presence(&mut backend_a, "chat", TIMEOUT, |p| {
+        p.len() == 2 && p[0].2 == 2
+    });
     assert_eq!(on_a, want);
-    assert_eq!(presence(&mut backend_b, "chat"), want, "the same on every broker");
+    assert_eq!(
+        presence(&mut backend_b, "chat"),
+        want,
+        "the same on every broker"
+    );
     let stats = backend_a.request("presence_stats", json!({"room_id": "chat"}));
-    assert_eq!(stats["params"], json!({"room_id": "chat", "clients": 2, "connections": 3}));
+    assert_eq!(
+        stats["params"],
+        json!({"room_id": "chat", "clients": 2, "connections": 3})
+    );
 
     // B dies without a word: its members vanish within the TTL (2 s).
     b.signal(libc::SIGKILL);

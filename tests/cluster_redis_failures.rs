@@ -86,8 +86,14 @@ fn a_restarted_redis_stops_nothing_local_and_the_bus_comes_back() {
     assert_eq!(recv_text(&mut on_b), "after");
     assert_eq!(a.admin_get("/health").0, 200);
     let (_, metrics) = a.admin_get("/metrics");
-    assert!(metrics.contains("pystrands_cluster_dropped_total 100"), "{metrics}");
-    assert!(a.peak_rss_kib() < baseline + 16 * 1024, "memory grew during the outage");
+    assert!(
+        metrics.contains("pystrands_cluster_dropped_total 100"),
+        "{metrics}"
+    );
+    assert!(
+        a.peak_rss_kib() < baseline + 16 * 1024,
+        "memory grew during the outage"
+    );
 }
 
 #[test]

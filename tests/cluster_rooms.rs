@@ -26,7 +26,10 @@ fn wait_subscribers(redis: &Redis, channel: &str, want: &str) {
         if got.get(1).map(String::as_str) == Some(want) {
             return;
         }
-        assert!(Instant::now() < deadline, "{channel}: {got:?} subscribers, want {want}");
+        assert!(
+            Instant::now() < deadline,
+            "{channel}: {got:?} subscribers, want {want}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -82,13 +85,20 @@ fn private_messages_and_broadcasts_cross_brokers() {
     let tab_b_id = {
         send_text(&mut tab_b, "who");
         let e = backend_b.expect("new_message");
-        e["params"]["context"]["connection_id"].as_str().unwrap().to_owned()
+        e["params"]["context"]["connection_id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
     };
     backend_a.send(&json!({"action": "message_to_connection",
         "params": {"connection_id": tab_b_id, "message": "just this tab"}}));
     assert_eq!(recv_text(&mut tab_b), "just this tab");
     backend_a.send_to_connection("alice", "next");
-    assert_eq!(recv_text(&mut tab_a), "next", "tab_a got nothing in between");
+    assert_eq!(
+        recv_text(&mut tab_a),
+        "next",
+        "tab_a got nothing in between"
+    );
 }
 
 #[test]

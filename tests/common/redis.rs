@@ -34,7 +34,8 @@ impl Redis {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let dir = std::env::temp_dir().join(format!("pystrands-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("pystrands-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut redis = Redis {
             child: None,
@@ -69,7 +70,11 @@ impl Redis {
         self.child = Some(child);
         let deadline = Instant::now() + TIMEOUT;
         while TcpStream::connect(self.addr).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on {}", self.addr);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on {}",
+                self.addr
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
