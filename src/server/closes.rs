@@ -31,13 +31,13 @@ impl Server {
         let Some(c) = self.clients.get_mut(key) else {
             return;
         };
-        match (&c.ending, &ending) {
+        match (c.ending.as_deref(), &ending) {
             (None, _) => {
-                c.ending = Some(ending);
+                c.ending = Some(Box::new(ending));
                 self.turn.ending_clients.push(key);
             }
             (Some(Ending::Drop), _) => {}
-            (Some(_), Ending::Drop) => c.ending = Some(Ending::Drop),
+            (Some(_), Ending::Drop) => c.ending = Some(Box::new(Ending::Drop)),
             (Some(_), _) => {}
         }
     }
@@ -68,7 +68,7 @@ impl Server {
                 for key in std::mem::take(&mut self.turn.ending_clients) {
                     let ending = self.clients.get_mut(key).and_then(|c| c.ending.take());
                     if let Some(ending) = ending {
-                        self.finish_client(key, ending);
+                        self.finish_client(key, *ending);
                     }
                 }
             } else {

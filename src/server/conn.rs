@@ -61,6 +61,16 @@ impl ConnectionIds {
     }
 }
 
+/// What a parked connection request keeps for the backend's answer.
+#[derive(Debug)]
+pub(super) struct Parked {
+    pub url: Box<str>,
+    pub accept_key: Box<str>,
+    /// The subprotocols the client offered (`Sec-WebSocket-Protocol`,
+    /// comma-separated; empty when none).
+    pub protocols: Box<str>,
+}
+
 /// How a client connection stands.
 #[derive(Debug)]
 pub(super) enum Phase {
@@ -68,11 +78,9 @@ pub(super) enum Phase {
     Handshake,
     /// Waiting for a backend's answer to our `connection_request`.
     Pending {
-        url: Box<str>,
-        accept_key: Box<str>,
-        /// The subprotocols the client offered (`Sec-WebSocket-Protocol`,
-        /// comma-separated; empty when none).
-        protocols: Box<str>,
+        /// What the answer needs of the request (boxed: only parked
+        /// clients pay for it).
+        request: Box<Parked>,
         /// The backend the request was sent to: the only one that may answer.
         backend: ConnRef,
     },
@@ -159,7 +167,7 @@ pub(super) struct Client {
     pub awaiting_pong: bool,
     /// How this connection ends, recorded this turn and carried out at its
     /// end; from then on nothing more is read from it or queued on it.
-    pub ending: Option<Ending>,
+    pub ending: Option<Box<Ending>>,
 }
 
 impl Client {

@@ -12,7 +12,7 @@ use log::debug;
 use crate::backend::{self, Context, RequestInfo, Response};
 use crate::ws::handshake;
 
-use super::conn::{ConnRef, Ending, Phase};
+use super::conn::{ConnRef, Ending, Parked, Phase};
 use super::timers::Wait;
 use super::{list_once, Server};
 
@@ -124,9 +124,11 @@ impl Server {
         );
         list_once(&mut b.dirty, &mut self.turn.dirty_backends, backend.key);
         c.phase = Phase::Pending {
-            url: request.url.into_boxed_str(),
-            accept_key: request.accept_key.into_boxed_str(),
-            protocols: request.protocols.into_boxed_str(),
+            request: Box::new(Parked {
+                url: request.url.into_boxed_str(),
+                accept_key: request.accept_key.into_boxed_str(),
+                protocols: request.protocols.into_boxed_str(),
+            }),
             backend,
         };
         c.backend = Some(backend);
@@ -200,9 +202,10 @@ impl Server {
             self.end_client(ckey, Ending::Reply(reply.into_boxed_slice()));
             return;
         }
-        if let (Phase::Pending { protocols, .. }, Some(protocol)) =
+        if let (Phase::Pending { request, .. }, Some(protocol)) =
             (&c.phase, answer.subprotocol.as_deref())
         {
+            let protocols = &request.protocols;
             if !handshake::offers_protocol(protocols, protocol) {
                 let why = format!(
                     "response: params.subprotocol '{protocol}' was not offered by the client \
@@ -211,12 +214,12 @@ impl Server {
                 return self.fail_answer(ckey, backend_key, &answer.request_id, &why);
             }
         }
-        let Phase::Pending {
-            url, accept_key, ..
-        } = std::mem::replace(&mut c.phase, Phase::Open)
-        else {
+        let Phase::Pending { request, .. } = std::mem::replace(&mut c.phase, Phase::Open) else {
             unreachable!("answerable checked the phase");
         };
+        let Parked {
+            url, accept_key, ..
+        } = *request;
         let client_id = answer
             .client_id
             .map(Cow::into_owned)
@@ -295,10 +298,16 @@ impl Server {
         let Some(c) = self.clients.get(key) else {
             return;
         };
-        let Phase::Pending { url, .. } = &c.phase else {
+        let Phase::Pending { request, .. } = &c.phase else {
             return;
         };
-        let context = Context::new("", url, None, &self.ids.connection_id(c.serial), []);
+        let context = Context::new(
+            "",
+            &request.url,
+            None,
+            &self.ids.connection_id(c.serial),
+            [],
+        );
         let peer = c.peer;
         self.stats.unavailable += 1;
         debug!("connection request from {peer} failed: {why}");

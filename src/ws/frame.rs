@@ -80,7 +80,8 @@ struct Partial {
 pub struct FrameReader {
     max_message: usize,
     max_fragments: usize,
-    partial: Option<Partial>,
+    /// Boxed: only a client in the middle of a fragmented message pays for it.
+    partial: Option<Box<Partial>>,
 }
 
 impl FrameReader {
@@ -227,12 +228,12 @@ impl FrameReader {
                         on_event(Event::Binary(payload))
                     });
                 }
-                let mut partial = Partial {
+                let mut partial = Box::new(Partial {
                     text,
                     data: payload.to_vec(),
                     utf8_checked: 0,
                     frames: 1,
-                };
+                });
                 if text {
                     check_utf8_prefix(&mut partial, false)?;
                 }
