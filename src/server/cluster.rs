@@ -61,8 +61,6 @@ const UNSUBSCRIBE_GRACE: Duration = Duration::from_secs(1);
 /// (it carries the whole cluster's traffic for this broker: read it first
 /// and generously, or Redis disconnects us for a full output buffer).
 const SUB_READ_BUDGET: usize = 16 * 1024 * 1024;
-/// Chunk of one read from a link.
-const LINK_CHUNK: usize = 256 * 1024;
 
 /// Removes a room's expired presence entries, then returns the hash
 /// (connection id, JSON, ...). KEYS: hash, expiry set; ARGV: now (ms).
@@ -193,6 +191,8 @@ pub(super) struct Cluster {
     /// Backends were told the bus is unavailable.
     outage_announced: bool,
     dropped_log: LogLimit,
+    /// The buffer links read into.
+    chunk: Vec<u8>,
     /// Counters, for the metrics.
     pub published: u64,
     pub received: u64,
@@ -218,6 +218,7 @@ impl Cluster {
             next_refresh: now + refresh,
             outage_announced: false,
             dropped_log: LogLimit::default(),
+            chunk: Vec::new(),
             published: 0,
             received: 0,
             dropped: 0,
@@ -368,8 +369,20 @@ impl Server {
             return;
         }
         let mut budget = SUB_READ_BUDGET;
-        let mut chunk = vec![0u8; LINK_CHUNK];
-        let limit = cluster.config.max_redis_buffer + LINK_CHUNK;
+        let limit = cluster.config.max_redis_buffer + super::READ_CHUNK;
+        // The links' own read buffer (the client scratch buffer may be in
+        // use further up: never share it).
+        let mut chunk = std::mem::take(&mut cluster.chunk);
+        if chunk.is_empty() {
+            chunk = vec![0; super::READ_CHUNK];
+        }
+        self.link_read_with(role, &mut budget, limit, &mut chunk);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.chunk = chunk;
+        }
+    }
+
+    fn link_read_with(&mut self, role: Role, budget: &mut usize, limit: usize, chunk: &mut [u8]) {
         loop {
             let Some(cluster) = self.cluster.as_mut() else {
                 return;
@@ -378,7 +391,7 @@ impl Server {
             if !link.ready.readable || !link.is_up() {
                 return;
             }
-            if budget == 0 {
+            if *budget == 0 {
                 list_once(
                     &mut link.read_listed,
                     &mut self.turn.redis_read_again,
@@ -389,9 +402,9 @@ impl Server {
             let Some(sock) = link.sock.as_mut() else {
                 return;
             };
-            match link.ready.read(sock, &mut chunk) {
+            match link.ready.read(sock, chunk) {
                 ReadOutcome::Bytes(n) => {
-                    budget = budget.saturating_sub(n);
+                    *budget = budget.saturating_sub(n);
                     link.inbuf.extend_from_slice(&chunk[..n]);
                     link.heard = Instant::now();
                     link.probe_out = false;
