@@ -9,8 +9,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, http_status_of, wait_for
-from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
+from conftest import TIMEOUT, http_status_of
+from pystrands import AsyncPyStrandsClient, AuthenticationError, PyStrands, PyStrandsClient
 
 TOKEN = "s3cret-tøken"
 
@@ -57,19 +57,20 @@ def test_token_from_the_environment(guarded, clients, events, monkeypatch):
 def test_wrong_token_is_refused(guarded, clients, events):
     client = Echo(events, host="127.0.0.1", port=guarded.tcp_port, token="wrong", auto_reconnect=False)
     clients.append(client)
-    client.connect()
-    _, error = events.get("error")
-    assert "authentication failed" in error
-    wait_for(lambda: not client.connected, what="the broker to drop the unauthenticated backend")
+    with pytest.raises(AuthenticationError, match="refused the backend's token") as info:
+        client.connect()
+    assert "authentication failed" in info.value.reason
+    assert not client.connected
     assert refused(guarded) == 503
 
 
-def test_without_a_token_the_backend_gets_no_traffic(guarded, clients, events, monkeypatch):
+def test_without_a_token_the_backend_is_refused(guarded, clients, events, monkeypatch):
     monkeypatch.delenv("PYSTRANDS_BACKEND_TOKEN", raising=False)
     client = Echo(events, host="127.0.0.1", port=guarded.tcp_port)
     assert client.token is None
     clients.append(client)
-    assert client.connect()
+    with pytest.raises(AuthenticationError, match="none was given"):
+        client.connect()
     assert refused(guarded) == 503  # the broker routes nothing to it
 
 

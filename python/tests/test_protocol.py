@@ -389,14 +389,29 @@ def test_context_from_params_without_a_context_gives_empty_fields(params):
         (False, True, False),
         (None, True, True),
         (None, False, False),
-        ("yes", False, False),
-        (1, True, True),
-        (0, True, True),
     ],
 )
 def test_decide_accepted_a_returned_bool_wins(result, accepted, expected):
     req = ConnectionRequestContext(accepted=accepted)
     assert protocol.decide_accepted(result, req) is expected
+
+
+@pytest.mark.parametrize(
+    "result, accepted, kind",
+    [
+        ("yes", True, "str"),
+        (1, True, "int"),
+        (0, True, "int"),
+        ("", True, "str"),
+        ({"user": "ada"}, True, "dict"),
+        (None, 1, "int"),
+        (None, "yes", "str"),
+    ],
+)
+def test_decide_accepted_refuses_anything_but_a_bool_or_none(result, accepted, kind):
+    req = ConnectionRequestContext(accepted=accepted)
+    with pytest.raises(TypeError, match=f"a {kind}, not True"):
+        protocol.decide_accepted(result, req)
 
 
 def test_context_attribute_access_repr_equality_and_self_alias():

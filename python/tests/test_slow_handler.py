@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 
+import pytest
 from websockets.sync.client import connect as ws_connect
 
 from conftest import TIMEOUT, wait_for
@@ -20,7 +21,11 @@ from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
 HOLD = 2.0  # seconds the handler stays blocked: twice the broker's timeout
 
 
-def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients, events):
+@pytest.mark.parametrize("concurrency", [1, None], ids=["concurrency=1", "default"])
+def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients, events, concurrency):
+    """With concurrency=1 every event waits its turn (the broker's order),
+    but connection requests are still answered; by default the second
+    client's events do not even wait for the first client's slow handler."""
     broker = broker_factory(connect_timeout=1.0)
     release = threading.Event()
 
@@ -37,7 +42,7 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients,
         def on_connect(self, context):
             events.put("connected", context.room_id)
 
-    client = Slow(host="127.0.0.1", port=broker.tcp_port)
+    client = Slow(host="127.0.0.1", port=broker.tcp_port, concurrency=concurrency)
     clients.append(client)
     assert client.connect()
     with ws_connect(broker.ws_url("/first"), open_timeout=TIMEOUT) as first:
@@ -49,18 +54,31 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients,
         t0 = time.monotonic()
         with ws_connect(broker.ws_url("/second"), open_timeout=TIMEOUT) as second:
             accepted_after = time.monotonic() - t0
-            # still blocked: the answer did not wait for the handler
-            assert ("handler-done", "block") not in list(events.q.queue)
             second.send("from-second")
+            if concurrency is None:
+                # handled beside the blocked handler, before it is released
+                assert second.recv(timeout=TIMEOUT) == "echo:from-second"
+                assert ("handler-done", "block") not in list(events.q.queue)
+            else:
+                # still blocked: the answer did not wait for the handler
+                assert ("handler-done", "block") not in list(events.q.queue)
             release.set()
-            assert events.get("handler-done") == ("handler-done", "block")
-            got = [events.get()[1:] for _ in range(7)]
-            assert [g for g in got if g[0] == "/first"] == [("/first", f"m{i}") for i in range(5)]
+            got = []
+            while len(got) < 8:
+                got.append(events.get())
+            first_events = [g[1:] for g in got if g[0] == "message" and g[1] == "/first"]
+            assert first_events == [("/first", f"m{i}") for i in range(5)]
+            # the first client's events come after its slow handler returned
+            done_at = got.index(("handler-done", "block"))
+            assert all(got.index(("message", "/first", f"m{i}")) > done_at for i in range(5))
             # the second client's new_connection comes before its message
-            assert got.index(("/second",)) < got.index(("/second", "from-second"))
+            assert got.index(("connected", "/second")) < got.index(("message", "/second", "from-second"))
+            if concurrency == 1:
+                assert got.index(("message", "/second", "from-second")) > done_at
             for i in range(5):
                 assert first.recv(timeout=TIMEOUT) == f"echo:m{i}"
-            assert second.recv(timeout=TIMEOUT) == "echo:from-second"
+            if concurrency == 1:
+                assert second.recv(timeout=TIMEOUT) == "echo:from-second"
             # the watchdog hands the socket back once the dispatcher caught up
             wait_for(lambda: not client._watchdog_reading, what="the hand-back to the dispatcher")
             second.send("later")
