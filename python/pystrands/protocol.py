@@ -744,14 +744,15 @@ def decide_accepted(result: object, request: ConnectionRequestContext) -> bool:
         return result
     if result is not None:
         raise TypeError(
-            f"on_connection_request returned a {type(result).__name__}, not True, False or None"
+            f"on_connection_request returned a value of type {type(result).__name__!r}, "
+            "not True, False or None"
         )
     accepted = request.accepted
     if accepted is True or accepted is False:
         return accepted
     raise TypeError(
-        f"on_connection_request set request.accepted to a {type(accepted).__name__}, "
-        "not True or False"
+        f"on_connection_request set request.accepted to a value of type "
+        f"{type(accepted).__name__!r}, not True or False"
     )
 
 

@@ -410,7 +410,7 @@ def test_decide_accepted_a_returned_bool_wins(result, accepted, expected):
 )
 def test_decide_accepted_refuses_anything_but_a_bool_or_none(result, accepted, kind):
     req = ConnectionRequestContext(accepted=accepted)
-    with pytest.raises(TypeError, match=f"a {kind}, not True"):
+    with pytest.raises(TypeError, match=f"of type '{kind}', not True"):
         protocol.decide_accepted(result, req)
 
 
