@@ -353,7 +353,7 @@ class AsyncPyStrandsClient(
         assert self._hurry is not None
         self._hurry.clear()
 
-    async def _open(self) -> Optional[_BrokerConnection]:
+    async def _open(self, reconnect: bool = False) -> Optional[_BrokerConnection]:
         """One connection attempt: the TCP connect and the hello; the
         broker's verdict comes later (``conn.greeting``)."""
         loop = self._loop
@@ -364,7 +364,12 @@ class AsyncPyStrandsClient(
                 self.connect_timeout,
             )
         except (OSError, asyncio.TimeoutError) as exc:
-            logger.warning("cannot connect to the broker at %s: %s", self.address, exc or "timed out")
+            logger.warning(
+                "%s to the broker at %s failed: %s",
+                "reconnect" if reconnect else "connect",
+                self.address,
+                exc or "timed out",
+            )
             return None
         return conn if conn.attached else None
 
@@ -396,6 +401,10 @@ class AsyncPyStrandsClient(
     def _greeted(self, conn: _BrokerConnection, outcome: Optional[BaseException]) -> None:
         """The broker's verdict on a new connection (see
         :meth:`~pystrands.protocol.BackendProtocol.hello`)."""
+        # The verdict first: the coroutine waiting for it (connect() or the
+        # reconnect loop) then runs before the loss of a refused connection.
+        if not conn.greeting.done():
+            conn.greeting.set_result(outcome)
         if outcome is None:
             self._waits = None  # accepted: the next loss starts the schedule over
         else:
@@ -404,12 +413,9 @@ class AsyncPyStrandsClient(
             conn.reason = str(outcome)
             if conn.transport is not None:
                 conn.transport.abort()
-        if not conn.greeting.done():
-            conn.greeting.set_result(outcome)
 
     def _abandon(self, conn: _BrokerConnection) -> None:
         """Drop a connection the broker refused (during connect())."""
-        self._closing = True
         if conn.transport is not None:
             conn.transport.abort()
         if self._conn is conn:
@@ -692,7 +698,7 @@ class AsyncPyStrandsClient(
                 await asyncio.sleep(next(waits))
                 if self._closing or self._connected:
                     return
-                conn = await self._open()
+                conn = await self._open(reconnect=True)
                 if conn is None:
                     continue
                 outcome = await asyncio.shield(conn.greeting) if self._fatal is None else None
@@ -703,7 +709,13 @@ class AsyncPyStrandsClient(
                     logger.error("%s; not reconnecting", outcome)
                     return
                 logger.warning("reconnect to the broker at %s failed: %s", self.address, outcome)
-                # the lost connection starts no reconnect of its own: go on here
+                # The refused connection is closing: once it is, go on here
+                # (its loss starts no reconnect of its own).
+                try:
+                    await asyncio.wait_for(asyncio.shield(conn.closed), self.connect_timeout)
+                except asyncio.TimeoutError:
+                    if conn.transport is not None:
+                        conn.transport.abort()
         finally:
             if self._reconnect_task is asyncio.current_task():
                 self._reconnect_task = None
@@ -730,9 +742,7 @@ class AsyncPyStrandsClient(
             self._out_bytes = 0
         if self._closing:
             return
-        if self._fatal is not None:
-            if self._reconnect_task is None:
-                logger.error("%s; not reconnecting", self._fatal)
+        if self._fatal is not None:  # connect() raises it, the reconnect loop logs it
             self._stop_dispatch()
             if self._stopped is not None:
                 self._stopped.set()
@@ -758,9 +768,9 @@ class AsyncPyStrandsClient(
         if get_ident() != self._loop_thread:
             return self._issue_from_thread(outgoing)
         if type(outgoing) is bytes:
-            if len(outgoing) > self.max_line_size:  # type: ignore[arg-type]
+            if len(outgoing) > self.max_line_size:
                 protocol.check_size(outgoing, self.max_line_size)
-            self._write(outgoing)  # type: ignore[arg-type]
+            self._write(outgoing)
             conn = self._conn
             if conn is not None and conn.write_paused:
                 return _Pending(self._drain_waiter(conn))
@@ -791,7 +801,7 @@ class AsyncPyStrandsClient(
                 if done.cancelled():
                     result.cancel()
                 elif done.exception() is not None:
-                    result.set_exception(done.exception())  # type: ignore[arg-type]
+                    result.set_exception(done.exception())
                 else:
                     result.set_result(done.result())
 

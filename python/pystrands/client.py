@@ -99,7 +99,7 @@ from concurrent.futures import wait as wait_for_future
 from threading import get_ident
 from time import monotonic
 from types import FrameType
-from typing import Any, Callable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 from . import protocol
 from .commands import Commands
@@ -452,13 +452,11 @@ class PyStrandsClient(
         :class:`~pystrands.errors.NotABrokerError`, whether at the first
         connect or at a reconnect.
         """
-        with self._state_lock:
-            if not self._connected and not self._reconnecting():
-                if not self.connect():
-                    if not self.auto_reconnect:
-                        raise PyStrandsConnectionError(
-                            f"cannot connect to the broker at {self.address}"
-                        )
+        if not self._connected and not self._reconnecting():
+            if not self.connect():
+                if not self.auto_reconnect:
+                    raise PyStrandsConnectionError(f"cannot connect to the broker at {self.address}")
+                with self._state_lock:
                     self._closing.clear()
                     self._done.clear()
                     self._start_threads()  # the dispatcher's loop reconnects
@@ -485,7 +483,7 @@ class PyStrandsClient(
         if self._lost:
             raise PyStrandsConnectionError(f"connection to the broker at {self.address} lost")
 
-    def _install_signal_handlers(self) -> "dict[int, Any]":
+    def _install_signal_handlers(self) -> Dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
         self._signalled = False
@@ -497,7 +495,7 @@ class PyStrandsClient(
             self._signalled = True
             raise _StopSignal(signum)
 
-        previous = {}
+        previous: Dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.getsignal(signum)
             signal.signal(signum, on_signal)
@@ -618,7 +616,7 @@ class PyStrandsClient(
 
     def _issue(self, outgoing: Outgoing) -> Any:
         if type(outgoing) is bytes:
-            self._send(outgoing)  # type: ignore[arg-type]
+            self._send(outgoing)
             return None
         return self._ask(outgoing)  # type: ignore[arg-type]
 

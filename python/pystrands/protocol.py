@@ -1484,7 +1484,7 @@ def check_size(outgoing: Outgoing, limit: int) -> None:
     """:class:`~pystrands.errors.MessageTooLargeError` if the line of
     ``outgoing`` (a command's line or :class:`Request`) is longer than ``limit``."""
     if type(outgoing) is bytes:
-        check_line_size(_action_of(outgoing), outgoing, limit)  # type: ignore[arg-type]
+        check_line_size(_action_of(outgoing), outgoing, limit)
     else:
         check_line_size(outgoing.action, outgoing.line, limit)  # type: ignore[union-attr]
 

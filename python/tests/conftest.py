@@ -324,3 +324,14 @@ def open_tab(stack: Any, broker: Broker, events: "Events", path: str, user: str,
 def next_frames(ws: Any, count: int) -> List[Any]:
     """The next ``count`` frames a WebSocket receives."""
     return [ws.recv(timeout=TIMEOUT) for _ in range(count)]
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound and released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

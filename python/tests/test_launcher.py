@@ -14,6 +14,10 @@ import pytest
 from conftest import LISTENING, PACKAGE_PARENT, TIMEOUT
 
 PYTHON_SRC = PACKAGE_PARENT
+#: Where `python -m pystrands` runs: `-m` puts the working directory first on
+#: sys.path, and the tests' own directory (python/) would shadow the package
+#: under test with the source tree.
+NEUTRAL_CWD = os.path.dirname(PACKAGE_PARENT)
 
 
 def env_with(**extra):
@@ -31,6 +35,7 @@ def pystrands(*args, env=None, timeout=TIMEOUT):
         stderr=subprocess.PIPE,
         timeout=timeout,
         text=True,
+        cwd=NEUTRAL_CWD,
     )
 
 
@@ -83,7 +88,7 @@ def test_missing_binary_says_how_to_build_it():
     env.pop("PYSTRANDS_SERVER_BIN", None)
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        timeout=TIMEOUT, text=True,
+        timeout=TIMEOUT, text=True, cwd=NEUTRAL_CWD,
     )
     assert result.returncode == 127
     assert "/nonexistent/bin/pystrands-server" in result.stderr
@@ -97,6 +102,7 @@ def test_signals_stop_the_server_cleanly(broker_binary, sig):
          "--ws-port", "0", "--tcp-port", "0", "--admin-port", "0", "--log-level", "info"],
         env=env_with(PYSTRANDS_SERVER_BIN=broker_binary),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=NEUTRAL_CWD,
     )
     try:
         lines: "queue.Queue[str]" = queue.Queue()
@@ -116,3 +122,70 @@ def test_signals_stop_the_server_cleanly(broker_binary, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait(TIMEOUT)
+
+
+def test_short_help_and_version():
+    result = pystrands("-h")
+    assert result.returncode == 0 and "server [ARGS...]" in result.stdout
+    result = pystrands("--version")
+    assert result.returncode == 0 and result.stdout.startswith("pystrands ")
+    result = pystrands("server", "--version")
+    assert result.returncode == 0 and result.stdout.startswith("pystrands ")
+
+
+def test_server_short_help_is_the_broker_s(broker_binary):
+    result = pystrands("server", "-h", env=env_with(PYSTRANDS_SERVER_BIN=broker_binary))
+    assert result.returncode == 0, result.stderr
+    assert "--ws-port" in result.stdout + result.stderr
+
+
+def start_launcher(broker_binary, *args, **env):
+    """`python -m pystrands server ARGS` until it reports its ports (or exits)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pystrands", "server", "--host", "127.0.0.1", "--admin-port", "0", *args],
+        env=env_with(PYSTRANDS_SERVER_BIN=broker_binary, **env),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        cwd=NEUTRAL_CWD,
+    )
+    lines: "queue.Queue[str]" = queue.Queue()
+
+    def pump():
+        for raw in proc.stderr:
+            lines.put(raw.decode("utf-8", "replace"))
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen = []
+    while True:
+        line = lines.get(timeout=TIMEOUT)
+        seen.append(line)
+        match = LISTENING.search(line)
+        if match or not line:
+            return proc, match, "".join(seen)
+
+
+def stop_launched(proc):
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(TIMEOUT)
+
+
+def test_flags_with_equals(broker_binary):
+    proc, match, log = start_launcher(broker_binary, "--ws-port=0", "--tcp-port=0", "--log-level=info")
+    try:
+        assert match, log
+    finally:
+        stop_launched(proc)
+
+
+def test_an_explicit_flag_beats_its_environment_variable(broker_binary):
+    # the variable alone applies (an invalid one is refused, naming it) ...
+    proc, match, log = start_launcher(broker_binary, "--tcp-port", "0", PYSTRAND_WS_PORT="not-a-port")
+    assert not match and proc.wait(TIMEOUT) == 2 and "PYSTRAND_WS_PORT" in log, log
+    # ... but a flag given on the command line wins over it
+    proc, match, log = start_launcher(broker_binary, "--ws-port", "0", "--tcp-port=0",
+                                      PYSTRAND_WS_PORT="not-a-port", PYSTRAND_TCP_PORT="not-a-port")
+    try:
+        assert match, log
+    finally:
+        stop_launched(proc)
