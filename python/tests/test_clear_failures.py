@@ -177,6 +177,7 @@ def test_sync_backoff_grows_while_the_broker_refuses_and_starts_over_once_accept
         slot.release()
         wait_for(lambda: client.connected and client._core.chunks > 0, what="the broker to accept the backend")
         before = len(waits)
+        assert client._sock is not None
         client._sock.shutdown(socket.SHUT_RDWR)  # the link drops
         wait_for(lambda: len(waits) > before, what="a reconnect")
         assert waits[before] == pytest.approx(0.02)  # accepted in between: the schedule starts over

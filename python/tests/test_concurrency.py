@@ -130,7 +130,9 @@ def run_async_scenario(broker: Broker, make: Callable[[Callable[[str], Any], Eve
         api = make(hold, events)
         assert await api.connect()
         try:
-            release = lambda name: loop.call_soon_threadsafe(gates[name].set)  # noqa: E731
+            def release(name: str) -> None:
+                loop.call_soon_threadsafe(gates[name].set)
+
             await loop.run_in_executor(None, scenario, broker, api, events, release, concurrency)
         finally:
             for gate in gates.values():

@@ -44,7 +44,7 @@ def decide(request: ConnectionRequestContext) -> Any:
         request.accepted = False
         return None
     if path == "/accepted-str":
-        request.accepted = "yes"
+        request.accepted = "yes"  # type: ignore[assignment]
         return None
     if path.startswith("/value/"):
         return NOT_DECISIONS[path[len("/value/"):]]

@@ -63,12 +63,12 @@ def test_sync_client_reconnects_when_the_broker_stops_answering(
     clients.append(client)
     assert client.connect()
     with caplog.at_level(logging.WARNING, logger="pystrands"):
-        beating.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+        beating.send_signal(signal.SIGSTOP)
         try:
             wait_for(lambda: silence_is_logged(caplog), what="the silence to be noticed")
             wait_for(lambda: not client.connected, what="the link to be dropped")
         finally:
-            beating.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+            beating.send_signal(signal.SIGCONT)
     wait_for(lambda: client.connected and client._core.heartbeats > 0, what="the reconnect")
     assert client.presence_stats("r").clients == 0  # the new link works
 
@@ -88,12 +88,12 @@ def test_async_client_and_app_reconnect_when_the_broker_stops_answering(
             try:
                 while not api.connected:
                     await asyncio.sleep(0.01)
-                beating.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+                beating.send_signal(signal.SIGSTOP)
                 try:
                     while not silence_is_logged(caplog) or api.connected:
                         await asyncio.sleep(0.01)
                 finally:
-                    beating.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                    beating.send_signal(signal.SIGCONT)
                 while not api.connected:
                     await asyncio.sleep(0.01)
                 assert (await api.presence_stats("r")).clients == 0
@@ -111,11 +111,11 @@ def test_publishers_drop_a_silent_link_and_reconnect_on_the_next_call(
     with caplog.at_level(logging.WARNING, logger="pystrands"):
         with Publisher("127.0.0.1", beating.tcp_port, heartbeat_interval=INTERVAL) as publisher:
             publisher.connect()
-            beating.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+            beating.send_signal(signal.SIGSTOP)
             try:
                 wait_for(lambda: not publisher.connected, what="the publisher to drop the link")
             finally:
-                beating.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                beating.send_signal(signal.SIGCONT)
             assert silence_is_logged(caplog)
             assert publisher.presence_stats("r").clients == 0
 
@@ -123,12 +123,12 @@ def test_publishers_drop_a_silent_link_and_reconnect_on_the_next_call(
             caplog.clear()
             async with AsyncPublisher("127.0.0.1", beating.tcp_port, heartbeat_interval=INTERVAL) as publisher:
                 await publisher.connect()
-                beating.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]
+                beating.send_signal(signal.SIGSTOP)
                 try:
                     while publisher.connected:
                         await asyncio.sleep(0.01)
                 finally:
-                    beating.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                    beating.send_signal(signal.SIGCONT)
                 assert silence_is_logged(caplog)
                 assert (await publisher.presence_stats("r")).clients == 0
 

@@ -51,12 +51,13 @@ def test_sync_client(small: Broker, clients: List[Any]) -> None:
     clients.append(client)
     assert client.connect()
     with ws_connect(small.ws_url("/r"), open_timeout=TIMEOUT) as ws:
-        for call in (
+        calls: List[Callable[[], Any]] = [
             lambda: client.send_room_message("/r", TOO_LONG),
             lambda: client.send_room_message("/r", TOO_LONG_BINARY),
             lambda: client.broadcast_message(TOO_LONG, ack=True),
             lambda: client.set_metadata({"bio": TOO_LONG}, client_id="ada"),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(MessageTooLargeError) as info:
                 call()
             check_error(info.value)

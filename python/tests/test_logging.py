@@ -17,7 +17,8 @@ from conftest import TIMEOUT, Broker, http_status_of, wait_for
 from pystrands import AsyncPyStrandsClient, ConnectionRequestContext, Context, PyStrandsClient
 
 BAD_LINE = b'{"action":"no_such_action","request_id":"bad-1","params":{}}\n'
-SETTINGS = {"reconnect_delay": 0.05, "max_reconnect_delay": 0.1}
+#: A quick reconnect schedule.
+DELAY, MAX_DELAY = 0.05, 0.1
 
 
 def provoke(broker: Broker) -> None:
@@ -61,7 +62,7 @@ def test_sync_client(broker: Broker, clients: List[Any], caplog: pytest.LogCaptu
                 raise ValueError("handler failure")
             self.send_private_message(context.client_id, "pong")
 
-    client = Noisy("127.0.0.1", broker.tcp_port, **SETTINGS)
+    client = Noisy("127.0.0.1", broker.tcp_port, reconnect_delay=DELAY, max_reconnect_delay=MAX_DELAY)
     clients.append(client)
     with caplog.at_level(logging.DEBUG, logger="pystrands"):
         assert client.connect()
@@ -98,7 +99,7 @@ def test_async_client(broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        client = Noisy("127.0.0.1", broker.tcp_port, **SETTINGS)
+        client = Noisy("127.0.0.1", broker.tcp_port, reconnect_delay=DELAY, max_reconnect_delay=MAX_DELAY)
         assert await client.connect()
         serving = asyncio.ensure_future(client.run_forever(handle_signals=False))
         await loop.run_in_executor(None, provoke, broker)

@@ -19,7 +19,7 @@ BAD_LINE = b'{"action":"no_such_action","request_id":"bad-1","params":{}}\n'
 
 def test_sync_one_and_two_arguments(broker: Broker, clients: List[Any], events: Events) -> None:
     class One(PyStrandsClient):
-        def on_error(self, error):  # type: ignore[no-untyped-def, override]
+        def on_error(self, error: Any) -> None:  # type: ignore[override]
             events.put("one", error)
 
     class Two(PyStrandsClient):
@@ -42,11 +42,11 @@ def test_async_client_and_app_one_and_two_arguments(broker: Broker) -> None:
         got: "asyncio.Queue[Any]" = asyncio.Queue()
 
         class OnePlain(AsyncPyStrandsClient):
-            def on_error(self, error):  # type: ignore[no-untyped-def, override]
+            def on_error(self, error: Any) -> None:  # type: ignore[override]
                 got.put_nowait(("plain", error))
 
         class OneAsync(AsyncPyStrandsClient):
-            async def on_error(self, error):  # type: ignore[no-untyped-def, override]
+            async def on_error(self, error: Any) -> None:  # type: ignore[override]
                 await got.put(("async", error))
 
         app_one = PyStrands("127.0.0.1", broker.tcp_port)
@@ -61,7 +61,7 @@ def test_async_client_and_app_one_and_two_arguments(broker: Broker) -> None:
         async def with_context(error: str, context: Context) -> None:
             await got.put(("app2", error, context))
 
-        apis = [OnePlain("127.0.0.1", broker.tcp_port), OneAsync("127.0.0.1", broker.tcp_port), app_one, app_two]
+        apis: List[Any] = [OnePlain("127.0.0.1", broker.tcp_port), OneAsync("127.0.0.1", broker.tcp_port), app_one, app_two]
         for api in apis:
             assert await api.connect()
             client = api.client if isinstance(api, PyStrands) else api

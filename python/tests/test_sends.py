@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, List
+from typing import Any, List, cast
 
 from websockets.sync.client import connect as ws_connect
 
@@ -77,10 +77,12 @@ def test_app_sends_from_another_thread_go_out_at_once(broker: Broker) -> None:
                 sent = app.broadcast("from a web view")
                 assert ws.recv(timeout=TIMEOUT) == "from a web view"
                 assert isinstance(sent, concurrent.futures.Future)
-                stats = app.presence_stats("/web").result(TIMEOUT)
-                reached = app.send_room_message("/web", "counted", ack=True).result(TIMEOUT)
+                # from another thread the calls return concurrent.futures.Future
+                stats = cast("concurrent.futures.Future[Any]", app.presence_stats("/web")).result(TIMEOUT)
+                ack = app.send_room_message("/web", "counted", ack=True)
+                reached = cast("concurrent.futures.Future[Any]", ack).result(TIMEOUT)
                 assert ws.recv(timeout=TIMEOUT) == "counted"
-                results.set_result((sent.result(TIMEOUT), stats, reached))
+                results.set_result((cast("concurrent.futures.Future[Any]", sent).result(TIMEOUT), stats, reached))
         except BaseException as exc:
             results.set_exception(exc)
 
@@ -117,11 +119,13 @@ def test_async_client_sends_without_await_and_with_create_task(broker: Broker) -
                 assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "not awaited"
                 assert await client.broadcast_message("awaited") is None
                 assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "awaited"
-                task = asyncio.create_task(client.send_room_message("/p", "as a task", ack=True))
+                # typed Awaitable (a plain call is fine), yet a coroutine object at run time
+                coroutine = client.send_room_message("/p", "as a task", ack=True)
+                task: "asyncio.Task[Any]" = asyncio.create_task(coroutine)  # type: ignore[arg-type]
                 assert await asyncio.wait_for(task, TIMEOUT) == 1
                 assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "as a task"
                 gathered = await asyncio.gather(client.presence_stats("/p"), client.broadcast_message("g"))
-                assert gathered == [PresenceStats(1, 1), None]
+                assert list(gathered) == [PresenceStats(1, 1), None]
         finally:
             await client.disconnect()
 
@@ -136,7 +140,8 @@ def test_async_client_sends_from_another_thread(broker: Broker) -> None:
 
             def other_thread() -> Any:
                 with ws_connect(broker.ws_url("/o"), open_timeout=TIMEOUT) as ws:
-                    client.send_room_message("/o", "from a thread").result(TIMEOUT)
+                    sent = client.send_room_message("/o", "from a thread")
+                    cast("concurrent.futures.Future[Any]", sent).result(TIMEOUT)
                     return ws.recv(timeout=TIMEOUT)
 
             got = await asyncio.get_running_loop().run_in_executor(None, other_thread)
