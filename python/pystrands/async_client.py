@@ -437,7 +437,8 @@ class AsyncPyStrandsClient(
             if conn is not self._conn or self._closing:
                 return
             now = loop.time()
-            if core.chunks != state[0]:
+            if core.chunks != state[0] or self._reading_paused:
+                # new data, or reading paused on purpose (a backlog): not silence
                 state[0], state[1] = core.chunks, now
             elif now - state[1] > protocol.MISSED_HEARTBEATS * interval:
                 conn.reason = (
