@@ -175,7 +175,15 @@ def test_sync_backoff_grows_while_the_broker_refuses_and_starts_over_once_accept
         wait_for(lambda: len(waits) >= 6, what="six refused reconnects")
         assert waits[:6] == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.32])
         slot.release()
-        wait_for(lambda: client.connected and client._core.chunks > 0, what="the broker to accept the backend")
+
+        def accepted() -> bool:  # the broker answers a request only once it accepted the backend
+            try:
+                client.presence_stats("r")
+            except PyStrandsConnectionError:
+                return False
+            return True
+
+        wait_for(accepted, what="the broker to accept the backend")
         before = len(waits)
         assert client._sock is not None
         client._sock.shutdown(socket.SHUT_RDWR)  # the link drops
@@ -201,8 +209,12 @@ def test_async_backoff_grows_while_the_broker_refuses(crowded: Broker, monkeypat
                 await asyncio.sleep(0.01)
             assert waits[:6] == pytest.approx([0.02, 0.04, 0.08, 0.16, 0.32, 0.32])
             slot.release()
-            while not (client.connected and client._core.chunks > 0):
-                await asyncio.sleep(0.01)
+            while True:  # the broker answers a request only once it accepted the backend
+                try:
+                    await client.presence_stats("r")
+                    break
+                except PyStrandsConnectionError:
+                    await asyncio.sleep(0.01)
             before = len(waits)
             assert client._conn is not None and client._conn.transport is not None
             client._conn.transport.abort()
