@@ -117,8 +117,11 @@ class _Done(Coroutine[Any, Any, None]):
 
     __slots__ = ()
 
-    def __await__(self) -> Generator[Any, None, None]:
-        return iter(())  # type: ignore[return-value]
+    # ``await`` calls ``__await__`` on the type: a bound built-in method is
+    # called without arguments, and an empty tuple's iterator is exhausted at
+    # once (the await gives None). This is every plain send's path, so it
+    # runs without a Python frame.
+    __await__ = ().__iter__  # type: ignore[assignment]
 
     def send(self, value: Any) -> Any:
         raise StopIteration
@@ -262,6 +265,32 @@ class AsyncPyStrandsClient(
     (:class:`~pystrands.commands.Commands`) send at once and return an
     awaitable of the result.
     """
+
+    __slots__ = (
+        "_loop",
+        "_loop_thread",
+        "_core",
+        "_conn",
+        "_closing",
+        "_lost",
+        "_fatal",
+        "_stopped",
+        "_hurry",
+        "_signalled",
+        "_out",
+        "_out_bytes",
+        "_flush_handle",
+        "_consuming",
+        "_base",
+        "_extra",
+        "_lanes",
+        "_multi",
+        "_reconnect_task",
+        "_stop_task",
+        "_tasks",
+        "_reading_paused",
+        "_waits",
+    )
 
     #: ``concurrency`` when not given: at most 100 handlers (of different
     #: connections) run at once.
@@ -769,9 +798,18 @@ class AsyncPyStrandsClient(
         if get_ident() != self._loop_thread:
             return self._issue_from_thread(outgoing)
         if type(outgoing) is bytes:
-            if len(outgoing) > self.max_line_size:
+            # _write() inlined: this is the path of every send.
+            size = len(outgoing)
+            if size > self.max_line_size:
                 protocol.check_size(outgoing, self.max_line_size)
-            self._write(outgoing)
+            if not self._connected:
+                raise NotConnectedError(f"not connected to the broker at {self.address}")
+            self._out.append(outgoing)
+            self._out_bytes += size
+            if self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._scheduled_flush)  # type: ignore[union-attr]
+            elif self._out_bytes >= _FLUSH_BYTES:
+                self._flush()
             conn = self._conn
             if conn is not None and conn.write_paused:
                 return _Pending(self._drain_waiter(conn))
@@ -991,7 +1029,12 @@ class AsyncPyStrandsClient(
         self._write_answer(line)
 
     async def _consume(self, token: object, me: _Worker) -> None:
-        """The dispatcher task: runs the queued handler calls, in order."""
+        """The dispatcher task: runs the queued handler calls, in order.
+
+        ``me.call`` tells :meth:`_data_received` whether this task is inside a
+        handler: set before each call, cleared before waiting for more (the
+        task cannot be seen between two calls: it only yields inside a
+        handler or when waiting)."""
         loop = self._loop
         assert loop is not None
         events = self._core.events
@@ -1002,11 +1045,9 @@ class AsyncPyStrandsClient(
             if not events:
                 if self._reading_paused:
                     self._resume_reading()
+                me.call = None
                 me.waiter = waiter = loop.create_future()
                 await waiter
-                continue
-            if self._multi:
-                await self._run_lanes(token, me, None)
                 continue
             call = popleft()
             me.call = call
@@ -1022,16 +1063,22 @@ class AsyncPyStrandsClient(
                 handler_failed(handler)
             except BaseException:
                 handler_failed(handler)
-            me.call = None
             if self._multi:
+                # Worker tasks took events meanwhile: from now on calls are
+                # claimed through the lanes, until they are done.
                 await self._run_lanes(token, me, call)
             if self._reading_paused and len(events) + self._lanes.parked <= _MAX_BACKLOG // 2:
                 self._resume_reading()
+        me.call = None
 
     async def _run_lanes(self, token: object, me: _Worker, finished: Optional[Call]) -> None:
         """Run calls claimed through the lanes while several tasks run
         handlers; ``finished`` is a call ``me`` just ran (its lane is
-        released first)."""
+        released first). A worker task returns when nothing is left to
+        claim; the dispatcher task waits for more instead, until no worker
+        runs, and then returns to the fast path."""
+        loop = self._loop
+        assert loop is not None
         lanes = self._lanes
         events = self._core.events
         coroutine = CoroutineType
@@ -1042,9 +1089,17 @@ class AsyncPyStrandsClient(
             if call is None:
                 call = lanes.claim(events)
                 if call is None:
-                    if me is self._base and not self._extra and not lanes.busy:
+                    me.call = None
+                    if me is not self._base:
+                        return
+                    if not self._extra and not lanes.busy:
                         self._multi = False  # nobody else runs handlers: back to the fast path
-                    return
+                        return
+                    if self._reading_paused:
+                        self._resume_reading()
+                    me.waiter = waiter = loop.create_future()
+                    await waiter
+                    continue
             me.call = call
             handler, args = call
             try:

@@ -180,6 +180,38 @@ class PyStrandsClient(
     the reply. See the module documentation for which thread runs what.
     """
 
+    __slots__ = (
+        "_core",
+        "_sock",
+        "_recv_buffer",
+        "_link_down",
+        "_state_lock",
+        "_send_lock",
+        "_read_role",
+        "_reader",
+        "_closing",
+        "_done",
+        "_hurry",
+        "_lost",
+        "_fatal",
+        "_session",
+        "_dispatcher",
+        "_watchdog",
+        "_dispatch_ident",
+        "_in_dispatch",
+        "_dispatch_seq",
+        "_current",
+        "_cv",
+        "_watchdog_reading",
+        "_out",
+        "_out_bytes",
+        "_waits",
+        "_loss_reason",
+        "_warned_results",
+        "_signalled",
+        "_greeting",
+    )
+
     #: ``concurrency`` when not given: at most 32 handlers (of different
     #: connections) run at once, on the dispatcher and up to 31 workers.
     default_concurrency = 32

@@ -593,6 +593,26 @@ class ConnectionSettings:
     own state.
     """
 
+    # Slots, not an instance dict: the clients' attributes are read on every
+    # event, and a dict of many keys defeats CPython's attribute caches (a
+    # subclass's own attributes still go to its instance dict).
+    __slots__ = (
+        "host",
+        "port",
+        "auto_reconnect",
+        "reconnect_delay",
+        "max_reconnect_delay",
+        "reconnect_backoff",
+        "token",
+        "reply_timeout",
+        "concurrency",
+        "shutdown_timeout",
+        "max_line_size",
+        "heartbeat_interval",
+        "connect_timeout",
+        "_connected",
+    )
+
     #: The default of ``concurrency`` (each client class sets its own).
     default_concurrency = 1
 
@@ -1004,6 +1024,28 @@ class BackendProtocol:
     :meth:`expect`, :meth:`forget` and the command methods may be called from
     any thread (the pending table is changed only by single dict operations).
     """
+
+    __slots__ = (
+        "handlers",
+        "defer",
+        "events",
+        "next_id",
+        "peer",
+        "max_line_size",
+        "chunks",
+        "heartbeats",
+        "dropped",
+        "_pending",
+        "_lines",
+        "_warned_events",
+        "_greeting",
+        "_heard",
+        "_token_sent",
+        "_warned_decisions",
+        "_error_handler",
+        "_error_takes_context",
+        "_draining",
+    )
 
     def __init__(self, handlers: Optional[Any], *, defer: Optional[Defer] = None) -> None:
         self.handlers = handlers
