@@ -1526,9 +1526,10 @@ def check_size(outgoing: Outgoing, limit: int) -> None:
     """:class:`~pystrands.errors.MessageTooLargeError` if the line of
     ``outgoing`` (a command's line or :class:`Request`) is longer than ``limit``."""
     if type(outgoing) is bytes:
-        check_line_size(_action_of(outgoing), outgoing, limit)
-    else:
-        check_line_size(outgoing.action, outgoing.line, limit)  # type: ignore[union-attr]
+        if len(outgoing) - 1 > limit:
+            raise MessageTooLargeError(_action_of(outgoing), len(outgoing) - 1, limit)
+    elif len(outgoing.line) - 1 > limit:  # type: ignore[union-attr]
+        raise MessageTooLargeError(outgoing.action, len(outgoing.line) - 1, limit)  # type: ignore[union-attr]
 
 
 def _action_of(line: bytes) -> str:
