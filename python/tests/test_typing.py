@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PACKAGE_PARENT, REPO
+from conftest import PACKAGE_PARENT
 
 SAMPLE = '''
 from typing import Optional, Union
@@ -84,4 +84,3 @@ def test_plain_and_async_overrides_pass_mypy_strict(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout
-    assert REPO.is_dir()
