@@ -393,10 +393,12 @@ class PyStrandsClient(
             dispatcher.join(max(0.05, min(1.0, deadline - monotonic())))
         if watchdog is not None and watchdog.ident != me:
             watchdog.join(1.0)
-        with self._send_lock:
-            queued = len(self._core.events) + (session.lanes.clear() if session is not None else 0)
-            self._core.events.clear()
-        self._flush_out(force=True)
+        queued = len(self._core.events)
+        self._core.events.clear()
+        if session is not None:
+            with session.lock:
+                queued += session.lanes.clear()
+        self._flush_out()
         dropped = self._core.dropped
         unread = self._count_unread(sock) if sock is not None else 0
         with self._state_lock:
@@ -730,11 +732,11 @@ class PyStrandsClient(
                     f"connection to the broker at {self.address} lost: {exc}"
                 ) from exc
 
-    def _flush_out(self, force: bool = False) -> None:
+    def _flush_out(self) -> None:
         """Write the dispatcher's buffer with one sendall. The dispatcher
-        calls it after a batch; the watchdog and disconnect() too
-        (``force``), while the dispatcher may be appending: only the items
-        present now are taken, and the lock keeps the order."""
+        calls it after a batch; the watchdog and disconnect() too, while the
+        dispatcher may be appending: only the items present now are taken,
+        and the lock keeps the order."""
         out = self._out
         with self._send_lock:
             n = len(out)
