@@ -11,6 +11,14 @@ process that was started is the broker, so SIGINT/SIGTERM reach it directly
 status is the broker's own. On Windows it starts the broker as a child, waits
 for it (Ctrl-C reaches the child through the console), and exits with its
 exit code.
+
+Before handing the arguments over, the launcher accepts the usual spellings
+the broker's own parser does not: ``--flag=value`` (passed as ``--flag
+value``), ``-h`` (as ``--help``) and ``--version``; and it makes an explicit
+flag win over its environment variable (the variable is not passed to the
+broker when the flag is given): ``--ws-port`` over ``PYSTRAND_WS_PORT``,
+``--tcp-port`` over ``PYSTRAND_TCP_PORT``, ``--queue-size`` over
+``PYSTRAND_QUEUE_SIZE``, ``--backend-token`` over ``PYSTRANDS_BACKEND_TOKEN``.
 """
 
 from __future__ import annotations
@@ -22,12 +30,21 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import ServerBinaryNotFoundError
 
 SERVER_NAME = "pystrands-server" + (".exe" if os.name == "nt" else "")
 ENV_SERVER_BIN = "PYSTRANDS_SERVER_BIN"
+
+#: Broker flags and the environment variables the broker lets override them;
+#: for ``python -m pystrands server`` an explicit flag wins instead.
+FLAG_VARIABLES = {
+    "--ws-port": "PYSTRAND_WS_PORT",
+    "--tcp-port": "PYSTRAND_TCP_PORT",
+    "--queue-size": "PYSTRAND_QUEUE_SIZE",
+    "--backend-token": "PYSTRANDS_BACKEND_TOKEN",
+}
 
 USAGE = f"""\
 usage: python -m pystrands <command> [ARGS...]
@@ -37,7 +54,8 @@ commands:
                      (pystrands-server); every argument after `server` is passed
                      to it unchanged, for example
                        python -m pystrands server --ws-port 8080 --tcp-port 8081
-                     `python -m pystrands server --help` lists the broker's flags.
+                     `python -m pystrands server --help` (or -h) lists the broker's
+                     flags; `--flag=value` works as `--flag value`.
   server-path        print the path of the broker executable `server` would run
 
 options:
@@ -46,6 +64,10 @@ options:
 
 environment:
   {ENV_SERVER_BIN}   broker executable to run instead of the bundled one
+  PYSTRAND_WS_PORT, PYSTRAND_TCP_PORT, PYSTRAND_QUEUE_SIZE, PYSTRANDS_BACKEND_TOKEN
+                     defaults for --ws-port, --tcp-port, --queue-size and
+                     --backend-token; a flag given on the command line wins
+                     (order: flag, then variable, then the broker's default)
 """
 
 BUILD_HINT = (
@@ -121,19 +143,67 @@ def find_server_binary() -> str:
     )
 
 
+#: Broker flags that take no value.
+SWITCHES = ("--help",)
+
+
+def server_arguments(
+    args: Sequence[str], environ: Dict[str, str]
+) -> Tuple[List[str], Dict[str, str], bool]:
+    """The broker's argument list and environment for ``server ARGS``, and
+    whether ``--version`` (or ``-V``) was asked: ``--flag=value`` split into
+    ``--flag value``, ``-h`` as ``--help``, and the variable of every flag
+    given explicitly (:data:`FLAG_VARIABLES`) left out of the environment,
+    so that the flag wins. Every broker flag but ``--help`` takes a value,
+    which is passed on as it is, whatever it looks like."""
+    out: List[str] = []
+    env = dict(environ)
+    version = False
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            out.append(arg)
+            out.extend(rest)
+            break
+        if arg in ("-V", "--version"):
+            version = True
+            continue
+        if arg == "-h":
+            arg = "--help"
+        if arg.startswith("--") and "=" in arg:
+            flag, _, value = arg.partition("=")
+            out.extend((flag, value))
+        else:
+            flag = arg
+            out.append(arg)
+            if flag.startswith("--") and flag not in SWITCHES and rest:
+                out.append(rest.pop(0))  # its value, verbatim
+        variable = FLAG_VARIABLES.get(flag)
+        if variable is not None:
+            env.pop(variable, None)
+    return out, env, version
+
+
 def run_server(args: Sequence[str]) -> int:
     """Run the broker with ``args``; on POSIX this does not return."""
+    rest, env, version = server_arguments(args, dict(os.environ))
+    if version:
+        from . import __version__
+
+        print(f"pystrands {__version__} (its broker, pystrands-server, is built from the same source)")
+        return 0
     try:
         binary = find_server_binary()
     except ServerBinaryNotFoundError as exc:
         print(f"pystrands: {exc}", file=sys.stderr)
         return 127
-    argv = [binary, *args]
+    argv = [binary, *rest]
     sys.stdout.flush()
     sys.stderr.flush()
     if os.name == "posix":
         try:
-            os.execv(binary, argv)
+            os.execve(binary, argv, env)
         except OSError as exc:
             print(f"pystrands: cannot run {binary}: {exc}", file=sys.stderr)
             return 126
@@ -142,7 +212,7 @@ def run_server(args: Sequence[str]) -> int:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         try:
-            proc = subprocess.Popen(argv)
+            proc = subprocess.Popen(argv, env=env)
         except OSError as exc:
             print(f"pystrands: cannot run {binary}: {exc}", file=sys.stderr)
             return 126
