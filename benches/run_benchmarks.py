@@ -100,6 +100,7 @@ CLUSTER_FIGURES = [
     "broker0_cpu_per_delivery_us",
     "sender_cpu_per_message_us",
     "redis_cpu_per_message_us",
+    "redis_net_cpu_per_message_us",
     "brokers_cpu_per_delivery_us",
     "cluster_cpu_per_delivery_us",
     "latency_p50_us",
@@ -118,8 +119,10 @@ CLUSTER_FIGURES = [
 SENDER_FIGURES = [
     "deliveries_per_s",
     "sender_cpu_per_message_us",
+    "sender_net_cpu_per_message_us",
     "receiver_cpu_per_delivery_us",
     "redis_cpu_per_message_us",
+    "redis_net_cpu_per_message_us",
     "latency_p50_us",
     "latency_p99_us",
     "sender_runq_wait_share",
@@ -160,53 +163,55 @@ def scenario(sid, group, title, args, figures, timeout=60, sweep=None, targets=(
 
 def cluster_scenarios(quick):
     """Cluster mode (two brokers through Redis) and its local references,
-    broker only: (local, per broker, remote subscribers) sizes."""
+    broker only. Each has a `cluster_role`: (kind, subscribers, mode), kind
+    "local" (one broker, N subscribers), "cluster" (N on each of two
+    brokers) or "sender0" (none on the sending broker, N on the other);
+    mode "burst" (as fast as possible) or "rate" (RATE messages/s, so the
+    phase lasts as long whatever the number of subscribers)."""
     if quick:
-        local, each, remote, messages = 400, 200, (200, 1000), 100
+        local, each, remote, messages, rate, rated = 400, 200, (200, 1000), 100, 100, 50
     else:
-        local, each, remote, messages = 2000, 1000, (1000, 5000), 1000
-    m = str(messages)
+        local, each, remote, messages, rate, rated = 2000, 1000, (1000, 5000), 1000, 100, 300
     broker = ("broker",)
     # The brokers of a cluster run have no admin listener; neither has the
     # reference (and a fixed admin port may be taken on a shared machine).
     no_admin = ["--server-arg=--admin-port", "--server-arg=0"]
-    out = [
-        scenario(
-            f"cluster_local_{local}x{messages}",
-            "cluster",
-            f"local fan-out reference: one broker, {local:,} subscribers x {messages:,} messages (64 B)",
-            ["fanout", "--subscribers", str(local), "--messages", m] + no_admin,
-            FANOUT_FIGURES,
-            targets=broker,
-        ),
-        scenario(
-            f"cluster_local_{each}x{messages}",
-            "cluster",
-            f"local fan-out reference: one broker, {each:,} subscribers x {messages:,} messages (64 B)",
-            ["fanout", "--subscribers", str(each), "--messages", m] + no_admin,
-            FANOUT_FIGURES,
-            targets=broker,
-        ),
-        scenario(
-            f"cluster_2x{each}x{messages}",
-            "cluster",
-            f"cluster: 2 brokers through Redis, {each:,} subscribers on each, {messages:,} messages sent through broker 0",
-            ["fanout", "--cluster", "2", "--subscribers", str(2 * each), "--messages", m],
-            CLUSTER_FIGURES,
-            targets=broker,
-        ),
-    ]
+    out = []
+
+    def add(kind, n, mode, title, args, figures):
+        m = messages if mode == "burst" else rated
+        name = "2x" if kind == "cluster" else f"{kind}_"
+        sid = f"cluster_{name}{n}x{m}" + ("" if mode == "burst" else f"_rate{rate}")
+        args = args + ["--messages", str(m)]
+        how = f"{m:,} messages (64 B)"
+        if mode == "rate":
+            args += ["--rate", str(rate)]
+            how += f" at {rate} messages/s"
+        sc = scenario(sid, "cluster", f"{title}, {how}", args, figures, targets=broker)
+        sc["cluster_role"] = [kind, n, mode]
+        out.append(sc)
+
+    def local_ref(n, mode):
+        add("local", n, mode, f"local fan-out reference: one broker, {n:,} subscribers",
+            ["fanout", "--subscribers", str(n)] + no_admin, FANOUT_FIGURES)
+
+    def cluster(mode):
+        add("cluster", each, mode, f"cluster: 2 brokers through Redis, {each:,} subscribers on each, sent through broker 0",
+            ["fanout", "--cluster", "2", "--subscribers", str(2 * each)], CLUSTER_FIGURES)
+
+    def sender0(r, mode):
+        add("sender0", r, mode, f"cluster: 2 brokers, none on the sending broker, {r:,} on the other",
+            ["fanout", "--cluster", "2", "--subscribers", str(r), "--sender-subscribers", "0"], SENDER_FIGURES)
+
+    local_ref(local, "burst")
+    local_ref(each, "burst")
+    cluster("burst")
     for r in remote:
-        out.append(
-            scenario(
-                f"cluster_sender0_{r}x{messages}",
-                "cluster",
-                f"cluster: 2 brokers, none on the sending broker, {r:,} on the other, {messages:,} messages",
-                ["fanout", "--cluster", "2", "--subscribers", str(r), "--sender-subscribers", "0", "--messages", m],
-                SENDER_FIGURES,
-                targets=broker,
-            )
-        )
+        sender0(r, "burst")
+    local_ref(local, "rate")
+    cluster("rate")
+    for r in remote:
+        sender0(r, "rate")
     return out
 
 
@@ -568,6 +573,7 @@ def summarize(sc, runs):
         "title": sc["title"],
         "group": sc["group"],
         "targets": sc["targets"],
+        "cluster_role": sc.get("cluster_role"),
         "args": sc["args"],
         "sweep": sc["sweep"],
         "linear": sc.get("linear"),
@@ -790,33 +796,26 @@ def paired(doc, sid_a, key_a, sid_b, key_b):
 
 
 def cluster_markdown(doc):
-    """The cluster-mode table of BENCHMARKS.md: (figure, cluster median,
-    reference median, ratio on the medians, ratio run by run, target)."""
+    """The cluster-mode table of BENCHMARKS.md: figure, cluster median,
+    reference median, ratio of the medians, ratio run by run (median),
+    target; then the conditions of every scenario."""
     sc = doc.get("scenarios", {})
-    by_kind = {}
+    role = {}
     for sid, s in sc.items():
-        if s.get("group") != "cluster":
-            continue
-        a = s["args"]
-        n = int(a[a.index("--subscribers") + 1])
-        if "--sender-subscribers" in a:
-            by_kind.setdefault("sender0", {})[n] = sid
-        elif "--cluster" in a:
-            by_kind["cluster"] = sid
-        else:
-            by_kind.setdefault("local", {})[n] = sid
-    if "cluster" not in by_kind:
+        if s.get("cluster_role"):
+            kind, n, mode = s["cluster_role"]
+            role[(kind, n, mode)] = sid
+    if not role:
         return ""
     med = lambda sid, k: sc[sid]["broker"]["median"].get(k) if sid else None
-    cid = by_kind["cluster"]
-    each = int(sc[cid]["args"][sc[cid]["args"].index("--subscribers") + 1]) // 2
-    local = by_kind.get("local", {})
     rows = [
         "| figure | cluster (median) | reference (median) | ratio of medians | ratio run by run (median) | target |",
         "|---|---|---|---|---|---|",
     ]
 
-    def row(label, sid, key, ref_label, ref_sid, ref_key, target=None):
+    def row(label, sid, key, ref_label=None, ref_sid=None, ref_key=None, target=None):
+        if not sid:
+            return
         v, ref = med(sid, key), med(ref_sid, ref_key)
         ratio = v / ref if v is not None and ref else None
         pr = paired(doc, sid, key, ref_sid, ref_key) if ref_sid else None
@@ -829,89 +828,57 @@ def cluster_markdown(doc):
             f" | {'-' if pr is None else f'{pr:.2f}'} | {verdict} |"
         )
 
-    for n_local in sorted(local, reverse=True):
-        row(
-            f"receiving broker CPU per delivery ({each:,} subscribers, frames from Redis)",
-            cid,
-            "receiver_cpu_per_delivery_us",
-            f"one broker's local fan-out, {n_local:,} subscribers",
-            local[n_local],
-            "server_cpu_per_delivery_us",
-            1.2,
-        )
-    if each in local:
-        row(
-            f"sending broker CPU per delivery ({each:,} local subscribers, plus publishing)",
-            cid,
-            "broker0_cpu_per_delivery_us",
-            f"local fan-out, {each:,} subscribers",
-            local[each],
-            "server_cpu_per_delivery_us",
-        )
-    s0 = by_kind.get("sender0", {})
-    if len(s0) >= 2:
-        lo, hi = min(s0), max(s0)
-        row(
-            f"sending broker CPU per message, no local subscriber, {hi:,} remote",
-            s0[hi],
-            "sender_cpu_per_message_us",
-            f"{lo:,} remote",
-            s0[lo],
-            "sender_cpu_per_message_us",
-            1.2,
-        )
-        row(
-            f"redis-server CPU per message, {hi:,} remote subscribers",
-            s0[hi],
-            "redis_cpu_per_message_us",
-            f"{lo:,} remote",
-            s0[lo],
-            "redis_cpu_per_message_us",
-        )
-    row(
-        f"redis-server CPU per message, {each:,} subscribers on each broker",
-        cid,
-        "redis_cpu_per_message_us",
-        "-",
-        None,
-        None,
-    )
-    row(
-        "all brokers + Redis CPU per delivery",
-        cid,
-        "cluster_cpu_per_delivery_us",
-        f"local fan-out, {2 * each:,} subscribers",
-        local.get(2 * each),
-        "server_cpu_per_delivery_us",
-    )
-    row(
-        "deliveries/s",
-        cid,
-        "deliveries_per_s",
-        f"local fan-out, {2 * each:,} subscribers",
-        local.get(2 * each),
-        "deliveries_per_s",
-    )
-    row(
-        "latency p99 (burst)",
-        cid,
-        "latency_p99_us",
-        f"local fan-out, {2 * each:,} subscribers",
-        local.get(2 * each),
-        "latency_p99_us",
-    )
+    for mode, how in (("burst", "burst"), ("rate", "at a steady rate")):
+        clusters = [k for k in role if k[0] == "cluster" and k[2] == mode]
+        locals_ = sorted((k for k in role if k[0] == "local" and k[2] == mode), key=lambda k: -k[1])
+        for c in clusters:
+            each = c[1]
+            for l in locals_:
+                row(
+                    f"receiving broker CPU per delivery, {each:,} subscribers, {how}",
+                    role[c], "receiver_cpu_per_delivery_us",
+                    f"one broker, {l[1]:,} subscribers", role[l], "server_cpu_per_delivery_us",
+                    1.2,
+                )
+            same = role.get(("local", each, mode))
+            row(
+                f"sending broker CPU per delivery ({each:,} local subscribers, plus publishing), {how}",
+                role[c], "broker0_cpu_per_delivery_us",
+                f"one broker, {each:,} subscribers", same, "server_cpu_per_delivery_us",
+            )
+            whole = role.get(("local", 2 * each, mode))
+            row(
+                f"all brokers + Redis CPU per delivery, {how}",
+                role[c], "cluster_cpu_per_delivery_us",
+                f"one broker, {2 * each:,} subscribers", whole, "server_cpu_per_delivery_us",
+            )
+            row(f"redis-server CPU per message, {each:,} subscribers on each broker, {how}",
+                role[c], "redis_cpu_per_message_us")
+        s0 = sorted(k for k in role if k[0] == "sender0" and k[2] == mode)
+        if len(s0) >= 2:
+            lo, hi = s0[0], s0[-1]
+            for key, what, target in (
+                ("sender_cpu_per_message_us", "sending broker CPU per message", 1.2),
+                ("sender_net_cpu_per_message_us", "the same, net of its idle CPU", 1.2),
+                ("redis_cpu_per_message_us", "redis-server CPU per message", None),
+                ("redis_net_cpu_per_message_us", "the same, net of its idle CPU", None),
+            ):
+                row(
+                    f"{what}, no local subscriber, {hi[1]:,} remote, {how}",
+                    role[hi], key, f"{lo[1]:,} remote", role[lo], key, target,
+                )
     rows.append("")
-    rows.append("| scenario | load average (1 min, per run) | run-queue wait, median share of the phase | other tasks on the servers' core (median) |")
+    rows.append("| scenario | load average (1 min, per run) | run-queue wait, median share of the phase | other tasks on the servers' core, median (niced) |")
     rows.append("|---|---|---|---|")
     for sid, s in sc.items():
-        if s.get("group") != "cluster":
+        if not s.get("cluster_role"):
             continue
         m = s["broker"]["median"]
         loads = ", ".join(f"{x:.1f}" for x in s["broker"].get("loadavg_1m", []))
         pct = lambda k: "-" if m.get(k) is None else f"{m[k] * 100:.0f}%"
-        if "--cluster" in s["args"]:
+        if s["cluster_role"][0] != "local":
             waits = f"receiver {pct('receiver_runq_wait_share')}, sender {pct('sender_runq_wait_share')}, redis {pct('redis_runq_wait_share')}, tool {pct('loadgen_runq_wait_share')}"
-            others = f"{pct('server_core_others_share')} (niced {pct('server_core_nice_share')})"
+            others = f"{pct('server_core_others_share')} ({pct('server_core_nice_share')})"
         else:
             waits = f"server {pct('server_runq_wait_share')}, tool {pct('loadgen_runq_wait_share')}"
             others = "-"

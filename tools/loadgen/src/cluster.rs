@@ -24,6 +24,9 @@ use crate::target::{Kind, Target};
 use crate::ws::BROADCAST_TAG;
 use crate::{Config, Scenario};
 
+/// How long the servers' idle CPU is measured before the phase.
+const IDLE_WINDOW: Duration = Duration::from_millis(500);
+
 /// The brokers' `--cluster-prefix` (as passed with --server-arg, or theirs
 /// by default): the Redis channels are named after it.
 fn cluster_prefix(args: &[String]) -> String {
@@ -423,6 +426,53 @@ fn cluster_fanout(
     };
     let expected: u64 = (0..n).map(|k| expected_on(net, k)).sum();
 
+    // Each server's CPU while nothing happens (timers, Redis's cron, the
+    // brokers' probes of Redis): a baseline that the measured phase pays
+    // for its whole length, given here to be set apart from the work.
+    let idle_cpu = |brokers: &[Target]| -> Vec<Option<CpuSample>> {
+        brokers
+            .iter()
+            .map(|b| cpu_of(b.pid))
+            .chain([cpu_of(Some(redis.pid))])
+            .collect()
+    };
+    net.phase = "measuring the servers' idle CPU".into();
+    let idle_a = idle_cpu(brokers);
+    let t_idle = Instant::now();
+    while t_idle.elapsed() < IDLE_WINDOW {
+        net.turn(IDLE_WINDOW.saturating_sub(t_idle.elapsed()))?;
+    }
+    let idle_b = idle_cpu(brokers);
+    let idle_s = t_idle.elapsed().as_secs_f64();
+    let idle_rates: Vec<Option<f64>> = idle_a
+        .iter()
+        .zip(&idle_b)
+        .map(|(a, b)| cpu_between(*a, *b).map(|c| c.sched_s.unwrap_or(c.stat_s) / idle_s))
+        .collect();
+    let mut idle_parts = Vec::new();
+    for (k, rate) in idle_rates.iter().enumerate() {
+        let (key, who) = if k < n {
+            (format!("broker{k}"), format!("broker {k}"))
+        } else {
+            ("redis".to_owned(), "redis-server".to_owned())
+        };
+        r.set(
+            &format!("{key}_idle_cpu_us_per_s"),
+            rate.map(|v| round(v * 1e6, 1)),
+        );
+        idle_parts.push(format!(
+            "{who} {}",
+            rate.map_or("-".into(), |v| format!("{:.0} µs/s", v * 1e6))
+        ));
+    }
+    r.line(
+        "idle CPU",
+        format!(
+            "over {idle_s:.2} s before sending: {}",
+            idle_parts.join(", ")
+        ),
+    );
+
     let load = os::loadavg();
     let server_core_a = cfg.server_core.and_then(os::core_times);
     let tool_core_a = cfg.core.and_then(os::core_times);
@@ -532,6 +582,24 @@ fn cluster_fanout(
         cpu_between(cpu_a[0], cpu_b[0]),
         messages,
         wall,
+    );
+    // Net of the idle baseline over the phase: the work itself.
+    let net_of_idle = |cpu: Option<CpuSample>, idle: Option<f64>| {
+        let c = cpu?;
+        let secs = c.sched_s.unwrap_or(c.stat_s) - idle? * wall;
+        Some(round(secs.max(0.0) * 1e6 / messages.max(1) as f64, 4))
+    };
+    let sender_net = net_of_idle(cpu_between(cpu_a[0], cpu_b[0]), idle_rates[0]);
+    let redis_net = net_of_idle(cpu_between(redis_a, redis_b), idle_rates[n]);
+    r.set("sender_net_cpu_per_message_us", sender_net);
+    r.set("redis_net_cpu_per_message_us", redis_net);
+    r.line(
+        "net of idle CPU",
+        format!(
+            "sender {} µs/message, redis-server {} µs/message (the phase's CPU less {wall:.3} s at the idle rate)",
+            sender_net.map_or("-".into(), |v| format!("{v:.4}")),
+            redis_net.map_or("-".into(), |v| format!("{v:.4}"))
+        ),
     );
     let sender_deliveries = delivered[0];
     r.set(
