@@ -1,4 +1,5 @@
-"""Command line: ``python -m pystrands server [ARGS...]`` runs the bundled broker.
+"""Command line: ``python -m pystrands server [ARGS...]`` runs the bundled broker;
+``python -m pystrands stats`` prints a running broker's figures.
 
 The broker, ``pystrands-server``, is a Rust executable that ``pip install``
 puts in the environment's scripts directory next to the Python interpreter
@@ -23,12 +24,16 @@ broker when the flag is given): ``--ws-port`` over ``PYSTRAND_WS_PORT``,
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -57,6 +62,11 @@ commands:
                      `python -m pystrands server --help` (or -h) lists the broker's
                      flags; `--flag=value` works as `--flag value`.
   server-path        print the path of the broker executable `server` would run
+  stats [--admin-host HOST] [--admin-port PORT] [--timeout SECONDS]
+                     print a running broker's figures (GET /stats of its admin
+                     listener, JSON): connections by state, rooms, backends,
+                     messages and bytes, queues, refusals, memory; defaults
+                     127.0.0.1:8082, the broker's --admin-host and --admin-port
 
 options:
   -h, --help         show this help and exit
@@ -221,6 +231,47 @@ def run_server(args: Sequence[str]) -> int:
         signal.signal(signal.SIGINT, previous)
 
 
+def stats_command(args: Sequence[str]) -> int:
+    """``stats``: fetch ``/stats`` from a broker's admin listener and print it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pystrands stats",
+        description="Print a running broker's figures: the JSON of GET /stats on its "
+        "admin listener (the broker's --admin-host and --admin-port).",
+    )
+    parser.add_argument("--admin-host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument("--admin-port", type=int, default=8082, help="default: 8082")
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait for the answer (default: 5)"
+    )
+    options = parser.parse_args(list(args))
+    host = options.admin_host
+    address = f"[{host}]:{options.admin_port}" if ":" in host else f"{host}:{options.admin_port}"
+    url = f"http://{address}/stats"
+    try:
+        with urllib.request.urlopen(url, timeout=options.timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace").strip()
+        print(f"pystrands: {url} answered {exc.code}: {detail}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(
+            f"pystrands: no broker admin listener at {address} ({reason}); the broker "
+            "serves /stats on its --admin-port (default 8082, 0 turns it off): pass "
+            "the same --admin-host and --admin-port here",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        figures = json.loads(body)
+    except ValueError:
+        print(f"pystrands: {url} did not answer JSON: is this a PyStrands broker?", file=sys.stderr)
+        return 1
+    print(json.dumps(figures, indent=2, sort_keys=True))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args:
@@ -237,6 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     if command == "server":
         return run_server(rest)
+    if command == "stats":
+        return stats_command(rest)
     if command == "server-path":
         try:
             print(find_server_binary())

@@ -92,11 +92,13 @@ class Broker:
             "--host", "127.0.0.1",
             "--ws-port", str(ws_port),
             "--tcp-port", str(tcp_port),
-            "--admin-port", "0",
             "--connect-timeout", str(self.connect_timeout),
             "--log-level", "info",
             *self.extra_args,
         ]
+        if "--admin-port" not in self.extra_args:
+            # Off unless a test asks for it: two brokers would compete for 8082.
+            args += ["--admin-port", "0"]
         self.proc = proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
