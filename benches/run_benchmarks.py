@@ -20,6 +20,13 @@ runs of one scenario are spread over the whole measurement (run 1 of every
 scenario, then run 2, ...), so a burst of load from elsewhere does not hit
 all runs of one scenario.
 
+The `cluster` group (cluster mode, two brokers through a Redis of the load
+generator's own: `loadgen fanout --cluster 2`) has no limit-mode
+counterpart: it runs against the broker only, beside a local fan-out of the
+same size in the same run, and `--markdown` prints its own table (receiving
+broker against local fan-out, sending broker per message at 1,000 and
+5,000 remote subscribers, Redis per message).
+
 results.json holds the machine (nproc, CPU model, kernel, load, date, git
 commit), every run's raw JSON line (plus exit code, load average and the
 stderr tail), and per scenario the medians of every numeric figure for the
@@ -85,6 +92,48 @@ CONNS_FIGURES = [
     "server_connect_busy",
     "server_connect_runq_wait_share",
 ]
+# Cluster mode: the receiving brokers' and the sender's figures, Redis's,
+# and how disturbed the shared core was.
+CLUSTER_FIGURES = [
+    "deliveries_per_s",
+    "receiver_cpu_per_delivery_us",
+    "broker0_cpu_per_delivery_us",
+    "sender_cpu_per_message_us",
+    "redis_cpu_per_message_us",
+    "redis_net_cpu_per_message_us",
+    "brokers_cpu_per_delivery_us",
+    "cluster_cpu_per_delivery_us",
+    "latency_p50_us",
+    "latency_p99_us",
+    "latency_broker0_p99_us",
+    "latency_broker1_p99_us",
+    "receiver_runq_wait_share",
+    "sender_runq_wait_share",
+    "redis_runq_wait_share",
+    "loadgen_runq_wait_share",
+    "server_core_others_share",
+    "server_core_nice_share",
+    "tool_core_others_share",
+    "loadgen_busy",
+]
+SENDER_FIGURES = [
+    "deliveries_per_s",
+    "sender_cpu_per_message_us",
+    "sender_net_cpu_per_message_us",
+    "receiver_cpu_per_delivery_us",
+    "redis_cpu_per_message_us",
+    "redis_net_cpu_per_message_us",
+    "latency_p50_us",
+    "latency_p99_us",
+    "sender_runq_wait_share",
+    "receiver_runq_wait_share",
+    "redis_runq_wait_share",
+    "loadgen_runq_wait_share",
+    "server_core_others_share",
+    "server_core_nice_share",
+    "tool_core_others_share",
+    "loadgen_busy",
+]
 # Correctness counters: summed over runs, never medians.
 CHECKS = [
     "lost",
@@ -98,7 +147,7 @@ CHECKS = [
 ]
 
 
-def scenario(sid, group, title, args, figures, timeout=60, sweep=None):
+def scenario(sid, group, title, args, figures, timeout=60, sweep=None, targets=("broker", "limit")):
     return {
         "id": sid,
         "group": group,
@@ -108,7 +157,62 @@ def scenario(sid, group, title, args, figures, timeout=60, sweep=None):
         "timeout": timeout,
         "sweep": sweep,
         "linear": None,
+        "targets": list(targets),
     }
+
+
+def cluster_scenarios(quick):
+    """Cluster mode (two brokers through Redis) and its local references,
+    broker only. Each has a `cluster_role`: (kind, subscribers, mode), kind
+    "local" (one broker, N subscribers), "cluster" (N on each of two
+    brokers) or "sender0" (none on the sending broker, N on the other);
+    mode "burst" (as fast as possible) or "rate" (RATE messages/s, so the
+    phase lasts as long whatever the number of subscribers)."""
+    if quick:
+        local, each, remote, messages, rate, rated = 400, 200, (200, 1000), 100, 100, 50
+    else:
+        local, each, remote, messages, rate, rated = 2000, 1000, (1000, 5000), 1000, 100, 300
+    broker = ("broker",)
+    # The brokers of a cluster run have no admin listener; neither has the
+    # reference (and a fixed admin port may be taken on a shared machine).
+    no_admin = ["--server-arg=--admin-port", "--server-arg=0"]
+    out = []
+
+    def add(kind, n, mode, title, args, figures):
+        m = messages if mode == "burst" else rated
+        name = "2x" if kind == "cluster" else f"{kind}_"
+        sid = f"cluster_{name}{n}x{m}" + ("" if mode == "burst" else f"_rate{rate}")
+        args = args + ["--messages", str(m)]
+        how = f"{m:,} messages (64 B)"
+        if mode == "rate":
+            args += ["--rate", str(rate)]
+            how += f" at {rate} messages/s"
+        sc = scenario(sid, "cluster", f"{title}, {how}", args, figures, targets=broker)
+        sc["cluster_role"] = [kind, n, mode]
+        out.append(sc)
+
+    def local_ref(n, mode):
+        add("local", n, mode, f"local fan-out reference: one broker, {n:,} subscribers",
+            ["fanout", "--subscribers", str(n)] + no_admin, FANOUT_FIGURES)
+
+    def cluster(mode):
+        add("cluster", each, mode, f"cluster: 2 brokers through Redis, {each:,} subscribers on each, sent through broker 0",
+            ["fanout", "--cluster", "2", "--subscribers", str(2 * each)], CLUSTER_FIGURES)
+
+    def sender0(r, mode):
+        add("sender0", r, mode, f"cluster: 2 brokers, none on the sending broker, {r:,} on the other",
+            ["fanout", "--cluster", "2", "--subscribers", str(r), "--sender-subscribers", "0"], SENDER_FIGURES)
+
+    local_ref(local, "burst")
+    local_ref(each, "burst")
+    cluster("burst")
+    for r in remote:
+        sender0(r, "burst")
+    local_ref(local, "rate")
+    cluster("rate")
+    for r in remote:
+        sender0(r, "rate")
+    return out
 
 
 def sweep_messages(n):
@@ -248,10 +352,10 @@ def scenarios(quick):
             for s in out:
                 if s["id"] == sid:
                     s["sweep"] = n
-    return out
+    return out + cluster_scenarios(quick)
 
 
-GROUPS = ["fanout", "rooms5", "rate", "broadcast", "echo", "echo70k", "conns", "sweep", "linear"]
+GROUPS = ["fanout", "rooms5", "rate", "broadcast", "echo", "echo70k", "conns", "sweep", "linear", "cluster"]
 
 
 def sh(cmd, **kw):
@@ -468,6 +572,8 @@ def summarize(sc, runs):
     out = {
         "title": sc["title"],
         "group": sc["group"],
+        "targets": sc["targets"],
+        "cluster_role": sc.get("cluster_role"),
         "args": sc["args"],
         "sweep": sc["sweep"],
         "linear": sc.get("linear"),
@@ -665,6 +771,118 @@ def markdown(doc):
                 f" | {fmt(m('broker', 'server_cpu_per_delivery_us'), 'cpu_us')} / {fmt(m('limit', 'server_cpu_per_delivery_us'), 'cpu_us')}"
                 f" | {fmt(m('broker', 'latency_p99_us'), 'latency_p99_us')} / {fmt(m('limit', 'latency_p99_us'), 'latency_p99_us')} |"
             )
+    if len(rows) == 2:
+        rows = []
+    cluster = cluster_markdown(doc)
+    if cluster:
+        rows.append("")
+        rows.append(cluster)
+    return "\n".join(rows).strip("\n")
+
+
+def paired(doc, sid_a, key_a, sid_b, key_b):
+    """Median over runs of (a's figure / b's figure), both from run i."""
+    by = {}
+    for r in doc.get("runs", []):
+        if r["target"] == "broker" and good(r) and r["scenario"] in (sid_a, sid_b):
+            by.setdefault(r["run"], {})[r["scenario"]] = r["result"]
+    vals = []
+    for res in by.values():
+        a = (res.get(sid_a) or {}).get(key_a)
+        b = (res.get(sid_b) or {}).get(key_b)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b:
+            vals.append(a / b)
+    return statistics.median(vals) if vals else None
+
+
+def cluster_markdown(doc):
+    """The cluster-mode table of BENCHMARKS.md: figure, cluster median,
+    reference median, ratio of the medians, ratio run by run (median),
+    target; then the conditions of every scenario."""
+    sc = doc.get("scenarios", {})
+    role = {}
+    for sid, s in sc.items():
+        if s.get("cluster_role"):
+            kind, n, mode = s["cluster_role"]
+            role[(kind, n, mode)] = sid
+    if not role:
+        return ""
+    med = lambda sid, k: sc[sid]["broker"]["median"].get(k) if sid else None
+    rows = [
+        "| figure | cluster (median) | reference (median) | ratio of medians | ratio run by run (median) | target |",
+        "|---|---|---|---|---|---|",
+    ]
+
+    def row(label, sid, key, ref_label=None, ref_sid=None, ref_key=None, target=None):
+        if not sid:
+            return
+        v, ref = med(sid, key), med(ref_sid, ref_key)
+        ratio = v / ref if v is not None and ref else None
+        pr = paired(doc, sid, key, ref_sid, ref_key) if ref_sid else None
+        verdict = ""
+        if target and ratio is not None:
+            verdict = f"{'met' if ratio <= target else 'MISSED'} (≤ {target:g}x)"
+        reference = f"{ref_label}: {fmt(ref, ref_key)}" if ref_sid else "-"
+        rows.append(
+            f"| {label} | {fmt(v, key)} | {reference} | {'-' if ratio is None else f'{ratio:.2f}'}"
+            f" | {'-' if pr is None else f'{pr:.2f}'} | {verdict} |"
+        )
+
+    for mode, how in (("burst", "burst"), ("rate", "at a steady rate")):
+        clusters = [k for k in role if k[0] == "cluster" and k[2] == mode]
+        locals_ = sorted((k for k in role if k[0] == "local" and k[2] == mode), key=lambda k: -k[1])
+        for c in clusters:
+            each = c[1]
+            for l in locals_:
+                row(
+                    f"receiving broker CPU per delivery, {each:,} subscribers, {how}",
+                    role[c], "receiver_cpu_per_delivery_us",
+                    f"one broker, {l[1]:,} subscribers", role[l], "server_cpu_per_delivery_us",
+                    1.2,
+                )
+            same = role.get(("local", each, mode))
+            row(
+                f"sending broker CPU per delivery ({each:,} local subscribers, plus publishing), {how}",
+                role[c], "broker0_cpu_per_delivery_us",
+                f"one broker, {each:,} subscribers", same, "server_cpu_per_delivery_us",
+            )
+            whole = role.get(("local", 2 * each, mode))
+            row(
+                f"all brokers + Redis CPU per delivery, {how}",
+                role[c], "cluster_cpu_per_delivery_us",
+                f"one broker, {2 * each:,} subscribers", whole, "server_cpu_per_delivery_us",
+            )
+            row(f"redis-server CPU per message, {each:,} subscribers on each broker, {how}",
+                role[c], "redis_cpu_per_message_us")
+        s0 = sorted(k for k in role if k[0] == "sender0" and k[2] == mode)
+        if len(s0) >= 2:
+            lo, hi = s0[0], s0[-1]
+            for key, what, target in (
+                ("sender_cpu_per_message_us", "sending broker CPU per message", 1.2),
+                ("sender_net_cpu_per_message_us", "the same, net of its idle CPU", 1.2),
+                ("redis_cpu_per_message_us", "redis-server CPU per message", None),
+                ("redis_net_cpu_per_message_us", "the same, net of its idle CPU", None),
+            ):
+                row(
+                    f"{what}, no local subscriber, {hi[1]:,} remote, {how}",
+                    role[hi], key, f"{lo[1]:,} remote", role[lo], key, target,
+                )
+    rows.append("")
+    rows.append("| scenario | load average (1 min, per run) | run-queue wait, median share of the phase | other tasks on the servers' core, median (niced) |")
+    rows.append("|---|---|---|---|")
+    for sid, s in sc.items():
+        if not s.get("cluster_role"):
+            continue
+        m = s["broker"]["median"]
+        loads = ", ".join(f"{x:.1f}" for x in s["broker"].get("loadavg_1m", []))
+        pct = lambda k: "-" if m.get(k) is None else f"{m[k] * 100:.0f}%"
+        if s["cluster_role"][0] != "local":
+            waits = f"receiver {pct('receiver_runq_wait_share')}, sender {pct('sender_runq_wait_share')}, redis {pct('redis_runq_wait_share')}, tool {pct('loadgen_runq_wait_share')}"
+            others = f"{pct('server_core_others_share')} ({pct('server_core_nice_share')})"
+        else:
+            waits = f"server {pct('server_runq_wait_share')}, tool {pct('loadgen_runq_wait_share')}"
+            others = "-"
+        rows.append(f"| {s['title']} | {loads} | {waits} | {others} |")
     return "\n".join(rows)
 
 
@@ -717,7 +935,8 @@ def main():
         chosen = all_sc
     if opts.list:
         for s in chosen:
-            print(f"{s['id']:<22} {s['title']}\n{'':<22} loadgen {' '.join(s['args'])} --server-core {opts.server_core} --core {opts.core} [--limit]")
+            limit = " [--limit]" if "limit" in s["targets"] else ""
+            print(f"{s['id']:<22} {s['title']}\n{'':<22} loadgen {' '.join(s['args'])} --server-core {opts.server_core} --core {opts.core}{limit}")
         return 0
     if opts.runs < 1:
         ap.error("--runs must be at least 1")
@@ -774,7 +993,7 @@ def main():
         "order": "run i: broker then limit for odd i, limit then broker for even i; scenarios interleaved run by run",
     }
 
-    total = len(chosen) * opts.runs * 2
+    total = sum(len(s["targets"]) for s in chosen) * opts.runs
     done = 0
     t_start = time.monotonic()
     try:
@@ -782,18 +1001,31 @@ def main():
             order = ("broker", "limit") if run % 2 else ("limit", "broker")
             for sc in chosen:
                 for target in order:
+                    if target not in sc["targets"]:
+                        continue
                     done += 1
                     rec = run_one(sc, target, run, bins, opts)
                     doc["runs"].append(rec)
                     r = rec.get("result") or {}
                     main_key = sc["figures"][1] if sc["group"] != "conns" else "server_connect_cpu_per_conn_us"
                     status = "ok" if good(rec) else f"FAILED rc={rec['rc']} {r.get('problems') or rec.get('stderr_tail', '')[-300:]}"
+                    if "cluster" in r:
+                        # The servers share a core: say how much of it others took.
+                        waits = (
+                            f"runq-wait receiver={r.get('receiver_runq_wait_share')} sender={r.get('sender_runq_wait_share')} "
+                            f"redis={r.get('redis_runq_wait_share')} tool={r.get('loadgen_runq_wait_share')} "
+                            f"others on core {opts.server_core}={r.get('server_core_others_share')}"
+                        )
+                    else:
+                        waits = (
+                            f"runq-wait server={r.get('server_runq_wait_share', r.get('server_connect_runq_wait_share'))} "
+                            f"tool={r.get('loadgen_runq_wait_share')}"
+                        )
                     print(
                         f"[{done}/{total} {time.monotonic() - t_start:5.0f}s load {rec['loadavg'][0] if rec['loadavg'] else '?'}] "
                         f"{sc['id']} {target} run {run}: {sc['figures'][0]}={r.get(sc['figures'][0])} "
                         f"{main_key}={r.get(main_key)} p99={r.get('latency_p99_us', r.get('handshake_p99_us'))} "
-                        f"runq-wait server={r.get('server_runq_wait_share', r.get('server_connect_runq_wait_share'))} "
-                        f"tool={r.get('loadgen_runq_wait_share')} {status}",
+                        f"{waits} {status}",
                         file=sys.stderr,
                     )
                     # Keep what is done so far, in case the rest fails.

@@ -14,7 +14,12 @@ clients are compared in the same sitting.
 
 ``--legacy`` is a directory holding the published package's ``pystrands/``
 (for example ``pip download pystrands==1.0.0 --no-deps`` and unzip the wheel);
-without it only this package's clients are measured. Linux only (taskset).
+without it only this package's clients are measured. ``--baseline`` is a
+directory holding another copy of this package's ``pystrands/`` (for example
+``git archive <commit> python/pystrands | tar -x -C /tmp/base`` then
+``--baseline /tmp/base/python``): its clients run the same echo backend, in
+alternation with this checkout's, for a before/after comparison in one
+sitting. Linux only (taskset).
 """
 
 from __future__ import annotations
@@ -61,7 +66,8 @@ else:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def pinned(core: int, argv: List[str]) -> List[str]:
@@ -91,16 +97,18 @@ def measure(variant: str, clients: int, args: argparse.Namespace, tmp: Path) -> 
         )
     backend = None
     try:
-        ws = LISTENING.search(wait_for_line(broker_log, r"websocket=\S+ backend=\S+")).group(1)
+        listening = LISTENING.search(wait_for_line(broker_log, r"websocket=\S+ backend=\S+"))
+        assert listening is not None
+        ws = listening.group(1)
         env = dict(os.environ)
         if variant.startswith("legacy"):
             env["PYTHONPATH"] = args.legacy
             argv = [sys.executable, "-c", LEGACY_ECHO, str(port), variant.split("-")[1]]
         else:
-            env["PYTHONPATH"] = str(REPO / "python")
+            env["PYTHONPATH"] = args.baseline if variant.startswith("baseline") else str(REPO / "python")
             argv = [sys.executable, str(REPO / "examples" / "echo_backend.py"),
                     "--host", "127.0.0.1", "--port", str(port)]
-            if variant == "pystrands-async":
+            if variant.endswith("-async"):
                 argv.append("--async")
         backend = subprocess.Popen(pinned(1, argv), env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -132,6 +140,7 @@ def main() -> int:
     parser.add_argument("--server-bin", default=str(REPO / "target" / "release" / "pystrands-server"))
     parser.add_argument("--loadgen", default=str(REPO / "target" / "release" / "loadgen"))
     parser.add_argument("--legacy", help="directory holding pystrands 1.0.0's pystrands/ package")
+    parser.add_argument("--baseline", help="directory holding another copy of this package's pystrands/")
     parser.add_argument("--clients", type=int, nargs="+", default=[100, 10])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=5, help="measured seconds per run")
@@ -142,8 +151,11 @@ def main() -> int:
         parser.error(f"no broker at {args.server_bin}: run `cargo build --release`")
 
     variants = ["pystrands-sync", "pystrands-async"]
+    if args.baseline:
+        variants[1:1] = ["baseline-sync"]
+        variants.append("baseline-async")
     if args.legacy:
-        variants[1:1] = ["legacy-sync"]
+        variants[variants.index("pystrands-async"):variants.index("pystrands-async")] = ["legacy-sync"]
         variants.append("legacy-async")
     cpu: Dict[Tuple[str, int], List[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,6 +171,12 @@ def main() -> int:
     for variant in variants:
         print(f"{variant:16s}" + "".join(
             f"{statistics.median(cpu[(variant, c)]):15.2f}" for c in args.clients))
+    if args.baseline:
+        print("\nratio to the baseline:")
+        for kind in ("sync", "async"):
+            print(f"{kind:16s}" + "".join(
+                f"{statistics.median(cpu[('pystrands-' + kind, c)]) / statistics.median(cpu[('baseline-' + kind, c)]):15.2f}"
+                for c in args.clients))
     if args.legacy:
         print("\nratio to the 1.0.0 client (target: at most 0.33):")
         for kind in ("sync", "async"):

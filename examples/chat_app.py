@@ -9,8 +9,9 @@ everyone in a room sees every line said in it.
 from __future__ import annotations
 
 import argparse
+from typing import Union
 
-from pystrands import PyStrands
+from pystrands import ConnectionRequestContext, Context, PyStrands
 
 parser = argparse.ArgumentParser(description="decorator-API chat rooms")
 parser.add_argument("--host", default="localhost")
@@ -21,7 +22,7 @@ app = PyStrands(host=args.host, port=args.port)
 
 
 @app.on_connection_request
-def admit(request):
+def admit(request: ConnectionRequestContext) -> bool:
     parts = [p for p in request.url.split("/") if p]
     if len(parts) != 2 or parts[0] != "chat":
         return False  # only /chat/<room>
@@ -31,17 +32,18 @@ def admit(request):
 
 
 @app.on_new_connection
-async def joined(context):
+async def joined(context: Context) -> None:
     await app.send_room_message(context.room_id, f"* {context.metadata['name']} joined")
 
 
 @app.on_message
-async def said(message, context):
-    await app.send_room_message(context.room_id, f"{context.metadata['name']}: {message}")
+async def said(message: Union[str, bytes], context: Context) -> None:
+    text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+    await app.send_room_message(context.room_id, f"{context.metadata['name']}: {text}")
 
 
 @app.on_disconnect
-def left(context):
+def left(context: Context) -> None:
     app.send_room_message(context.room_id, f"* {context.metadata['name']} left")
 
 

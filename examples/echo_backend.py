@@ -15,17 +15,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from typing import Union
 
-from pystrands import AsyncPyStrandsClient, PyStrandsClient
+from pystrands import AsyncPyStrandsClient, Context, PyStrandsClient
 
 
 class EchoBackend(PyStrandsClient):
-    def on_message(self, message: str, context) -> None:
+    def on_message(self, message: Union[str, bytes], context: Context) -> None:
         self.send_private_message(context.client_id, message)
 
 
 class AsyncEchoBackend(AsyncPyStrandsClient):
-    async def on_message(self, message: str, context) -> None:
+    async def on_message(self, message: Union[str, bytes], context: Context) -> None:
         await self.send_private_message(context.client_id, message)
 
 
@@ -37,11 +38,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
+    # run_forever() stops gracefully on SIGTERM and Ctrl-C.
     if args.use_async:
-        try:
-            asyncio.run(AsyncEchoBackend(args.host, args.port).run_forever())
-        except KeyboardInterrupt:
-            pass
+        asyncio.run(AsyncEchoBackend(args.host, args.port).run_forever())
     else:
         EchoBackend(args.host, args.port).run_forever()
 

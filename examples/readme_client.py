@@ -8,29 +8,31 @@
 from __future__ import annotations
 
 import argparse
+from typing import Union
 
-from pystrands import PyStrandsClient
+from pystrands import ConnectionRequestContext, Context, PyStrandsClient
 
 
 class MyClient(PyStrandsClient):
-    def on_connection_request(self, request):
+    def on_connection_request(self, request: ConnectionRequestContext) -> None:
         print(f"Connection request from {request.context.client_id} in room {request.context.room_id}")
         request.context.room_id = "new_room"            # by default it is websocket url endpoint
         request.context.client_id = "new_client_id"     # by default it is uuid
         request.context.metadata = {"name": "John Doe"} # additional metadata
         request.accepted = True                         # accepted by default
 
-    def on_connect(self, context):
+    def on_connect(self, context: Context) -> None:
         print(f"Connected to {context.client_id} in room {context.room_id}")
         self.send_private_message(context.client_id, f"Welcome to the room! {context.metadata.get('name')}")
 
-    def on_message(self, message, context):
-        print(f"Received message: {message} from {context.context.client_id} in room {context.context.room_id}")
+    def on_message(self, message: Union[str, bytes], context: Context) -> None:
+        text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+        print(f"Received message: {text} from {context.context.client_id} in room {context.context.room_id}")
 
-    def on_disconnect(self, context):
+    def on_disconnect(self, context: Context) -> None:
         print(f"Disconnected from {context.context.client_id} in room {context.context.room_id}")
 
-    def on_error(self, error, context):
+    def on_error(self, error: str, context: Context) -> None:
         print(f"Error: {error} from {context.context.client_id} in room {context.context.room_id}")
 
 

@@ -773,6 +773,66 @@ pub fn push_reply(
     out.extend_from_slice(CLOSE);
 }
 
+/// One client id in a `presence` reply.
+#[derive(Debug)]
+pub struct PresenceEntry<'a> {
+    /// The client id.
+    pub client_id: &'a str,
+    /// The metadata of its first connection listed (a JSON object).
+    pub metadata: &'a [u8],
+    /// The ids of its connections in the room.
+    pub connections: Vec<Cow<'a, str>>,
+}
+
+/// The `presence` reply: who is in `room_id`.
+pub fn push_presence(
+    out: &mut Vec<u8>,
+    request_id: Option<&str>,
+    room_id: &str,
+    entries: &[PresenceEntry<'_>],
+) {
+    push_reply(out, "presence", request_id, |out| {
+        out.extend_from_slice(b"\"room_id\":");
+        push_str(out, room_id);
+        out.extend_from_slice(b",\"clients\":[");
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"client_id\":");
+            push_str(out, entry.client_id);
+            out.extend_from_slice(b",\"metadata\":");
+            out.extend_from_slice(entry.metadata);
+            out.extend_from_slice(b",\"connections\":[");
+            for (j, id) in entry.connections.iter().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                push_str(out, id);
+            }
+            out.extend_from_slice(b"]}");
+        }
+        out.push(b']');
+    });
+}
+
+/// The `presence_stats` reply: how many client ids and connections.
+pub fn push_presence_stats(
+    out: &mut Vec<u8>,
+    request_id: Option<&str>,
+    room_id: &str,
+    clients: usize,
+    connections: usize,
+) {
+    push_reply(out, "presence_stats", request_id, |out| {
+        out.extend_from_slice(b"\"room_id\":");
+        push_str(out, room_id);
+        out.extend_from_slice(
+            format!(",\"clients\":{clients},\"connections\":{connections}").as_bytes(),
+        );
+    });
+}
+
 /// `error` answering a backend line that could not be carried out.
 pub fn push_line_error(out: &mut Vec<u8>, request_id: Option<&str>, error: &str) {
     push_reply(out, "error", request_id, |out| {

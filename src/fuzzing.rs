@@ -425,8 +425,16 @@ pub fn server(data: &[u8]) {
         check_client_output(&client.pipe.0.borrow().output);
     }
 
+    // What a backend got is JSON lines. The last may be cut: the broker
+    // writes as much as the socket takes and keeps the rest queued, or the
+    // backend was closed with a line half written.
     for backend in &backends {
-        for line in backend.pipe.0.borrow().output.split(|b| *b == b'\n') {
+        let output = &backend.pipe.0.borrow().output;
+        let complete = output
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |end| end + 1);
+        for line in output[..complete].split(|b| *b == b'\n') {
             if !line.is_empty() {
                 let mut line = line.to_vec();
                 assert!(

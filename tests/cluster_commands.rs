@@ -4,29 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use common::*;
 use serde_json::json;
-
-fn node(redis: &Redis, node: &str) -> Broker {
-    let broker = Broker::start(&["--redis-url", &redis.url(), "--node-id", node]);
-    broker.wait_log(&["cluster: subscriber link", "up"]);
-    broker.wait_log(&["cluster: command link", "up"]);
-    broker
-}
-
-fn wait_subscribers(redis: &Redis, channel: &str, want: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let got = redis.command(&["PUBSUB", "NUMSUB", channel]);
-        if got.get(1).map(String::as_str) == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{channel}: {got:?}, want {want}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// The connection id of the client's next message event.
 fn connection_id_of(ws: &mut Ws, backend: &mut Backend) -> String {
@@ -41,13 +22,13 @@ fn connection_id_of(ws: &mut Ws, backend: &mut Backend) -> String {
 #[test]
 fn membership_and_kicks_by_client_id_reach_every_broker() {
     let redis = Redis::start();
-    let a = node(&redis, "a");
-    let b = node(&redis, "b");
+    let a = redis.broker("a", &[]);
+    let b = redis.broker("b", &[]);
     let mut backend_a = Backend::connect(&a);
     let mut backend_b = Backend::connect(&b);
     let mut tab_a = join(&a, &mut backend_a, "u", "home");
     let mut tab_b = join(&b, &mut backend_b, "u", "home");
-    wait_subscribers(&redis, "pystrands:client:u", "2");
+    redis.wait_subscribers("pystrands:client:u", 2);
 
     // Join by client id on A: both tabs, on both brokers.
     let reply = backend_a.request(
@@ -55,7 +36,7 @@ fn membership_and_kicks_by_client_id_reach_every_broker() {
         json!({"client_id": "u", "room_id": "news", "ack": true}),
     );
     assert_eq!(reply["params"], json!({"connections": 1, "nodes": 1}));
-    wait_subscribers(&redis, "pystrands:room:news", "2");
+    redis.wait_subscribers("pystrands:room:news", 2);
     backend_b.send_to_room("news", "n1");
     assert_eq!(recv_text(&mut tab_a), "n1");
     assert_eq!(recv_text(&mut tab_b), "n1");
@@ -80,7 +61,7 @@ fn membership_and_kicks_by_client_id_reach_every_broker() {
         json!({"connection_id": id_b, "room_id": "news", "ack": true}),
     );
     assert_eq!(reply["params"]["nodes"], 1);
-    wait_subscribers(&redis, "pystrands:room:news", "1");
+    redis.wait_subscribers("pystrands:room:news", 1);
     backend_a.send_to_room("news", "n2");
     backend_a.send_to_connection("u", "after");
     assert_eq!(recv_text(&mut tab_a), "n2");

@@ -9,19 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{json, Value};
 
-fn node(redis: &Redis, node: &str, ttl: &str) -> Broker {
-    let broker = Broker::start(&[
-        "--redis-url",
-        &redis.url(),
-        "--node-id",
-        node,
-        "--presence-ttl",
-        ttl,
-    ]);
-    broker.wait_log(&["cluster: command link", "up"]);
-    broker
-}
-
 /// The presence of `room` as sorted (client_id, metadata, connection count).
 fn presence(backend: &mut Backend, room: &str) -> Vec<(String, Value, usize)> {
     let reply = backend.request("presence", json!({"room_id": room}));
@@ -66,8 +53,8 @@ fn wait_presence(
 #[test]
 fn presence_is_cluster_wide_and_a_dead_brokers_members_vanish() {
     let redis = Redis::start();
-    let a = node(&redis, "a", "2");
-    let mut b = node(&redis, "b", "2");
+    let a = redis.broker("a", &["--presence-ttl", "2"]);
+    let mut b = redis.broker("b", &["--presence-ttl", "2"]);
     let mut backend_a = Backend::connect(&a);
     let mut backend_b = Backend::connect(&b);
     let _ann = accept(

@@ -11,27 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn node(redis: &Redis, node: &str, extra: &[&str]) -> Broker {
-    let mut flags = vec!["--redis-url", redis.url().leak(), "--node-id", node];
-    flags.extend_from_slice(extra);
-    let broker = Broker::start_with_admin(&flags);
-    broker.wait_log(&["cluster: subscriber link", "up"]);
-    broker.wait_log(&["cluster: command link", "up"]);
-    broker
-}
-
-fn wait_subscribers(redis: &Redis, channel: &str, want: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let got = redis.command(&["PUBSUB", "NUMSUB", channel]);
-        if got.get(1).map(String::as_str) == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{channel}: {got:?}, want {want}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// The next error line on `backend` (events skipped).
 fn next_error(backend: &mut Backend) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -49,13 +28,13 @@ fn next_error(backend: &mut Backend) -> String {
 #[test]
 fn a_restarted_redis_stops_nothing_local_and_the_bus_comes_back() {
     let mut redis = Redis::start();
-    let a = node(&redis, "a", &[]);
-    let b = node(&redis, "b", &[]);
+    let a = redis.broker("a", &[]);
+    let b = redis.broker("b", &[]);
     let mut backend_a = Backend::connect(&a);
     let mut backend_b = Backend::connect(&b);
     let mut on_a = join(&a, &mut backend_a, "u1", "r");
     let mut on_b = join(&b, &mut backend_b, "u2", "r");
-    wait_subscribers(&redis, "pystrands:room:r", "2");
+    redis.wait_subscribers("pystrands:room:r", 2);
     let baseline = a.rss_kib();
 
     backend_a.send_to_room("r", "before");
@@ -79,7 +58,7 @@ fn a_restarted_redis_stops_nothing_local_and_the_bus_comes_back() {
     redis.restart();
     assert_eq!(next_error(&mut backend_a), "cluster bus restored");
     assert_eq!(next_error(&mut backend_b), "cluster bus restored");
-    wait_subscribers(&redis, "pystrands:room:r", "2");
+    redis.wait_subscribers("pystrands:room:r", 2);
     backend_a.send_to_room("r", "after");
     assert_eq!(recv_text(&mut on_a), "after");
     // B got nothing while the bus was down (dropped, counted), then this.
@@ -99,7 +78,7 @@ fn a_restarted_redis_stops_nothing_local_and_the_bus_comes_back() {
 #[test]
 fn a_stalled_redis_is_found_by_the_probe() {
     let redis = Redis::start();
-    let a = node(&redis, "a", &["--redis-timeout", "1"]);
+    let a = redis.broker("a", &["--redis-timeout", "1"]);
     let mut backend = Backend::connect(&a);
     redis.signal(libc::SIGSTOP);
     a.wait_log(&["no answer to a probe within --redis-timeout"]);
@@ -113,12 +92,12 @@ fn a_stalled_redis_is_found_by_the_probe() {
 #[test]
 fn a_fan_out_burst_does_not_overflow_redis_output_buffer() {
     let redis = Redis::start_with(&["--client-output-buffer-limit", "pubsub 512kb 128kb 5"]);
-    let a = node(&redis, "a", &[]);
-    let b = node(&redis, "b", &[]);
+    let a = redis.broker("a", &[]);
+    let b = redis.broker("b", &[]);
     let mut backend_a = Backend::connect(&a);
     let mut backend_b = Backend::connect(&b);
     let mut on_b = join(&b, &mut backend_b, "u", "burst");
-    wait_subscribers(&redis, "pystrands:room:burst", "1");
+    redis.wait_subscribers("pystrands:room:burst", 1);
     // 20,000 messages of 100 bytes: 2 MB through B's subscriber link, four
     // times the hard limit Redis keeps for it.
     let text = "x".repeat(100);

@@ -5,45 +5,19 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
 use common::*;
 use serde_json::json;
-
-/// A broker of the cluster on `redis`, named `node`.
-fn node(redis: &Redis, node: &str) -> Broker {
-    let broker = Broker::start(&["--redis-url", &redis.url(), "--node-id", node]);
-    broker.wait_log(&["cluster: subscriber link", "up"]);
-    broker.wait_log(&["cluster: command link", "up"]);
-    broker
-}
-
-/// Waits (bounded) until PUBSUB NUMSUB says `channel` has `want` subscribers.
-fn wait_subscribers(redis: &Redis, channel: &str, want: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let got = redis.command(&["PUBSUB", "NUMSUB", channel]);
-        if got.get(1).map(String::as_str) == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{channel}: {got:?} subscribers, want {want}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn room_messages_reach_members_on_every_broker_once_and_in_order() {
     let redis = Redis::start();
-    let a = node(&redis, "a");
-    let b = node(&redis, "b");
+    let a = redis.broker("a", &[]);
+    let b = redis.broker("b", &[]);
     let mut backend_a = Backend::connect(&a);
     let mut backend_b = Backend::connect(&b);
     let mut on_a = join(&a, &mut backend_a, "u1", "lobby");
     let mut on_b = join(&b, &mut backend_b, "u2", "lobby");
-    wait_subscribers(&redis, "pystrands:room:lobby", "2");
+    redis.wait_subscribers("pystrands:room:lobby", 2);
     for i in 0..50 {
         backend_a.send_to_room("lobby", &format!("m{i}"));
     }
@@ -66,14 +40,14 @@ fn room_messages_reach_members_on_every_broker_once_and_in_order() {
 #[test]
 fn private_messages_and_broadcasts_cross_brokers() {
     let redis = Redis::start();
-    let a = node(&redis, "a");
-    let b = node(&redis, "b");
+    let a = redis.broker("a", &[]);
+    let b = redis.broker("b", &[]);
     let mut backend_a = Backend::connect(&a);
     let mut backend_b = Backend::connect(&b);
     let mut tab_a = join(&a, &mut backend_a, "alice", "r1");
     let mut tab_b = join(&b, &mut backend_b, "alice", "r2");
     let mut bob = join(&b, &mut backend_b, "bob", "r2");
-    wait_subscribers(&redis, "pystrands:client:alice", "2");
+    redis.wait_subscribers("pystrands:client:alice", 2);
     backend_b.send_to_connection("alice", "to every tab");
     assert_eq!(recv_text(&mut tab_a), "to every tab");
     assert_eq!(recv_text(&mut tab_b), "to every tab");
@@ -104,13 +78,13 @@ fn private_messages_and_broadcasts_cross_brokers() {
 #[test]
 fn only_brokers_with_members_subscribe_a_room() {
     let redis = Redis::start();
-    let a = node(&redis, "a");
-    let _b = node(&redis, "b");
+    let a = redis.broker("a", &[]);
+    let _b = redis.broker("b", &[]);
     let mut backend_a = Backend::connect(&a);
     let ws = join(&a, &mut backend_a, "u1", "quiet");
-    wait_subscribers(&redis, "pystrands:room:quiet", "1");
+    redis.wait_subscribers("pystrands:room:quiet", 1);
     drop(ws);
     backend_a.expect("disconnected");
     // Unsubscribed about a second after the last member left.
-    wait_subscribers(&redis, "pystrands:room:quiet", "0");
+    redis.wait_subscribers("pystrands:room:quiet", 0);
 }

@@ -24,7 +24,10 @@ from .async_client import AsyncPyStrandsClient
 from .client import PyStrandsClient
 from .context import ConnectionRequestContext, Context, PresenceEntry, PresenceStats
 from .errors import (
+    AuthenticationError,
     BrokerError,
+    MessageTooLargeError,
+    NotABrokerError,
     NotConnectedError,
     ProtocolError,
     PyStrandsConnectionError,
@@ -61,6 +64,9 @@ __all__ = [
     "PyStrandsError",
     "PyStrandsConnectionError",
     "NotConnectedError",
+    "AuthenticationError",
+    "NotABrokerError",
+    "MessageTooLargeError",
     "ProtocolError",
     "ReplyTimeoutError",
     "BrokerError",

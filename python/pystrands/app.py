@@ -19,17 +19,18 @@
 
 Handlers may be plain functions or coroutine functions. The application runs
 on :class:`~pystrands.async_client.AsyncPyStrandsClient` (same task model:
-connection requests answered at once, other events in order by one consumer
-task), available as ``app.client``.
+connection requests answered at once; the events of one connection in
+order, those of different connections concurrently, up to ``concurrency``),
+available as ``app.client``.
 
 The send, room and presence methods (:class:`~pystrands.commands.Commands`)
-write at once (into the buffer flushed on the next loop iteration) and
-return an awaitable, so both ``app.broadcast("hi")`` and
+are the client's: they write at once (into the buffer flushed on the next
+loop iteration) and return an awaitable, so both ``app.broadcast("hi")`` and
 ``await app.broadcast("hi")`` send; awaiting also waits out back-pressure,
 and gives the result of ``presence``, ``presence_stats`` and ``ack=True``
-calls (``await app.presence("lobby")``). They are not coroutines: pass them
-to ``await`` or ``asyncio.gather``, not to ``asyncio.create_task``. Call them
-from the event loop's thread.
+calls (``await app.presence("lobby")``). From another thread (beside a web
+framework) they hand the line to the loop, which sends it at once, and
+return a ``concurrent.futures.Future`` of the result.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, List, Optional, TypeVar, overload
 
+from . import protocol
 from .async_client import AsyncPyStrandsClient
 from .commands import Commands
 from .context import PresenceEntry, PresenceStats
@@ -58,8 +60,8 @@ class PyStrands(
 
     def __init__(
         self,
-        host: str = "localhost",
-        port: int = 8081,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
         auto_reconnect: bool = True,
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
@@ -67,8 +69,14 @@ class PyStrands(
         *,
         token: Optional[str] = None,
         reply_timeout: float = 5.0,
+        concurrency: Optional[int] = None,
+        shutdown_timeout: float = 10.0,
+        max_line_size: int = protocol.DEFAULT_MAX_LINE_SIZE,
+        heartbeat_interval: Optional[float] = protocol.DEFAULT_HEARTBEAT_INTERVAL,
+        connect_timeout: float = 5.0,
     ) -> None:
-        #: The underlying asyncio client; handlers are installed on it.
+        #: The underlying asyncio client; handlers are installed on it. The
+        #: settings are its own (see AsyncPyStrandsClient).
         self.client = AsyncPyStrandsClient(
             host,
             port,
@@ -78,6 +86,11 @@ class PyStrands(
             reconnect_backoff=reconnect_backoff,
             token=token,
             reply_timeout=reply_timeout,
+            concurrency=concurrency,
+            shutdown_timeout=shutdown_timeout,
+            max_line_size=max_line_size,
+            heartbeat_interval=heartbeat_interval,
+            connect_timeout=connect_timeout,
         )
         self._core = self.client._core
 
@@ -132,39 +145,58 @@ class PyStrands(
     @overload
     def on_error(self, func: None = None) -> Callable[[F], F]: ...
     def on_error(self, func: Optional[F] = None) -> Any:
-        """``handler(error, context)``: the broker reported an error."""
+        """``handler(error, context)`` or ``handler(error)``: the broker reported an error."""
         return self._install("on_error", func)
 
     # ------------------------------------------------------------------ sending
 
-    def _issue(self, outgoing: Outgoing) -> Awaitable[Any]:
-        return self.client._issue_now(outgoing)
+    def _issue(self, outgoing: Outgoing) -> Any:
+        return self.client._issue(outgoing)
 
     broadcast = Commands.broadcast_message
+
+    def flush(self) -> Awaitable[None]:
+        """Write buffered sends now (see :meth:`AsyncPyStrandsClient.flush`)."""
+        return self.client.flush()
 
     # ------------------------------------------------------------------ running
 
     @property
     def connected(self) -> bool:
+        """True while connected to the broker (read-only)."""
         return self.client.connected
 
     async def connect(self) -> bool:
-        """Open the connection (inside a running event loop)."""
+        """Open the connection (inside a running event loop); see
+        :meth:`AsyncPyStrandsClient.connect`."""
         return await self.client.connect()
 
-    async def disconnect(self, timeout: float = 5.0) -> None:
-        """Close the connection; a pending :meth:`serve` returns."""
-        await self.client.disconnect(timeout)
+    def disconnect(self, timeout: Optional[float] = None) -> Awaitable[None]:
+        """Stop gracefully and close the connection; a pending :meth:`serve`
+        returns. Starts at once; await it to wait for the end (see
+        :meth:`AsyncPyStrandsClient.disconnect`)."""
+        return self.client.disconnect(timeout)
 
-    async def serve(self) -> None:
-        """Connect if needed and handle events until :meth:`disconnect`."""
-        await self.client.run_forever()
+    async def serve(self, handle_signals: bool = True) -> None:
+        """Connect if needed and handle events until :meth:`disconnect`,
+        SIGTERM or Ctrl-C (see :meth:`AsyncPyStrandsClient.run_forever`)."""
+        await self.client.run_forever(handle_signals)
 
     run_forever = serve
 
     def run(self) -> None:
-        """Blocking entry point: ``asyncio.run(app.serve())``; Ctrl-C stops it."""
+        """Blocking entry point: ``asyncio.run(app.serve())``; SIGTERM and
+        Ctrl-C stop it gracefully."""
         try:
             asyncio.run(self.serve())
         except KeyboardInterrupt:
             pass
+
+    async def __aenter__(self) -> "PyStrands":
+        """``async with app:`` connects (raising when it cannot) and
+        disconnects at the end of the block."""
+        await self.client.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.client.disconnect()

@@ -11,7 +11,10 @@ __all__ = [
     "PyStrandsError",
     "PyStrandsConnectionError",
     "NotConnectedError",
+    "AuthenticationError",
+    "NotABrokerError",
     "ProtocolError",
+    "MessageTooLargeError",
     "ReplyTimeoutError",
     "BrokerError",
     "ServerBinaryNotFoundError",
@@ -33,6 +36,23 @@ class NotConnectedError(PyStrandsConnectionError):
     ``send_private_message`` before ``connect()``, after ``disconnect()``,
     and while an automatic reconnect is still in progress.
     """
+
+
+class AuthenticationError(PyStrandsConnectionError):
+    """The broker refused the backend's token (wrong, or missing while the
+    broker runs with ``--backend-token``). Retrying cannot help, so the
+    client stops: ``connect()`` and ``run_forever()`` raise it. ``reason`` is
+    the broker's message, verbatim."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class NotABrokerError(PyStrandsConnectionError):
+    """What answered at the backend address is not a PyStrands broker's
+    backend port (for example its WebSocket port, which answers with HTTP).
+    Retrying cannot help: ``connect()`` and ``run_forever()`` raise it."""
 
 
 class ProtocolError(PyStrandsError, ValueError):
@@ -62,6 +82,25 @@ class BrokerError(PyStrandsError, RuntimeError):
         super().__init__(f"the broker refused {action}: {error}")
         self.action = action
         self.error = error
+
+
+class MessageTooLargeError(PyStrandsError, ValueError):
+    """A command's line would be longer than the client's ``max_line_size``
+    (the broker's ``--max-line-size``, 16 MiB by default). The broker would
+    close the whole backend connection on such a line, so it is not sent.
+
+    ``size`` is the line's length in bytes, ``limit`` the setting.
+    """
+
+    def __init__(self, action: str, size: int, limit: int) -> None:
+        super().__init__(
+            f"{action}: the line is {size:,} bytes, over max_line_size ({limit:,} bytes); "
+            "the broker (--max-line-size) would close the backend connection on it. "
+            "JSON escaping and base64 (binary messages) make a line longer than its message."
+        )
+        self.action = action
+        self.size = size
+        self.limit = limit
 
 
 class ServerBinaryNotFoundError(PyStrandsError, FileNotFoundError):

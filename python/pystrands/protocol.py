@@ -36,10 +36,12 @@ Hot-path notes (the Python backend is usually what limits a deployment):
 from __future__ import annotations
 
 import binascii
+import inspect
 import json
 import logging
 import os
 import random
+import sys
 import uuid
 from base64 import b64decode, b64encode
 from collections import deque
@@ -63,7 +65,14 @@ from typing import (
 )
 
 from .context import ConnectionRequestContext, Context, PresenceEntry, PresenceStats
-from .errors import BrokerError, ProtocolError, PyStrandsConnectionError
+from .errors import (
+    AuthenticationError,
+    BrokerError,
+    MessageTooLargeError,
+    NotABrokerError,
+    ProtocolError,
+    PyStrandsConnectionError,
+)
 
 __all__ = [
     "CONNECTION_REQUEST",
@@ -115,6 +124,15 @@ __all__ = [
     "id_list",
     "target_params",
     "connection_request_from_event",
+    "HOST_ENV",
+    "PORT_ENV",
+    "DEFAULT_MAX_LINE_SIZE",
+    "broker_address",
+    "check_line_size",
+    "Lanes",
+    "lane_key",
+    "count_events",
+    "check_size",
 ]
 
 # Broker -> backend actions.
@@ -492,22 +510,116 @@ def encode_decision(request_id: str, request: ConnectionRequestContext, accepted
 #: Environment variable the clients read the backend token from when no
 #: ``token=`` is given (the broker's ``--backend-token`` / PYSTRANDS_BACKEND_TOKEN).
 TOKEN_ENV = "PYSTRANDS_BACKEND_TOKEN"
+#: Environment variables the clients and publishers read the broker's address
+#: from when ``host`` / ``port`` are not given.
+HOST_ENV = "PYSTRANDS_HOST"
+PORT_ENV = "PYSTRANDS_PORT"
+DEFAULT_HOST = "localhost"
+DEFAULT_PORT = 8081
+#: The broker's default ``--max-line-size``: the longest line a backend may send.
+DEFAULT_MAX_LINE_SIZE = 16 * 1024 * 1024
+#: The broker's default ``--heartbeat-interval``, in seconds.
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+#: Heartbeat intervals without any data from the broker after which a client
+#: declares the link dead and reconnects.
+MISSED_HEARTBEATS = 3
+
+
+def broker_address(host: Optional[str], port: Optional[int]) -> Tuple[str, int]:
+    """The broker's backend address: ``host`` and ``port`` when given, else
+    ``$PYSTRANDS_HOST`` / ``$PYSTRANDS_PORT``, else ``localhost:8081``."""
+    if host is None:
+        host = os.environ.get(HOST_ENV) or DEFAULT_HOST
+    if port is None:
+        raw = os.environ.get(PORT_ENV)
+        if raw:
+            try:
+                port = int(raw)
+            except ValueError:
+                raise ValueError(f"{PORT_ENV}={raw!r} is not a port number") from None
+            if not 0 < port < 65536:
+                raise ValueError(f"{PORT_ENV}={raw!r} is not a port number (1-65535)")
+        else:
+            port = DEFAULT_PORT
+    return host, port
+
+
+def check_seconds(name: str, value: Optional[float], none_ok: bool = False) -> Optional[float]:
+    """``value`` as a float if it is a positive number of seconds (or None
+    when ``none_ok``), else ValueError naming ``name``."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def check_count(name: str, value: int, minimum: int = 1) -> int:
+    """``value`` if it is an int of at least ``minimum``, else ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int of at least {minimum}, got {value!r}")
+    return value
 
 
 class ConnectionSettings:
     """Where and how a backend connects: the settings shared by the threaded
     and the asyncio clients (not I/O: the clients do the connecting).
 
-    The arguments become attributes of the same names (the 1.0.0 API);
-    ``token`` defaults to ``$PYSTRANDS_BACKEND_TOKEN``; ``reply_timeout``
-    (seconds, default 5) bounds every wait for a reply. After setting them,
-    ``__init__`` calls :meth:`_setup` for the client's own state.
+    The arguments become attributes of the same names (the 1.0.0 API):
+
+    - ``host``, ``port``: the broker's backend (TCP) port; when not given,
+      ``$PYSTRANDS_HOST`` / ``$PYSTRANDS_PORT``, else ``localhost:8081``;
+    - ``auto_reconnect``, ``reconnect_delay``, ``max_reconnect_delay``,
+      ``reconnect_backoff``: the reconnect schedule (:meth:`_reconnect_waits`);
+    - ``token``: defaults to ``$PYSTRANDS_BACKEND_TOKEN``;
+    - ``reply_timeout`` (seconds, default 5): bounds every wait for a reply;
+    - ``concurrency``: how many handlers may run at once (of different
+      connections: one connection's handlers always run one at a time, in
+      order); ``1`` handles every event in the broker's order. Default: the
+      client class's :attr:`default_concurrency`;
+    - ``shutdown_timeout`` (seconds, default 10): how long a graceful stop
+      (``disconnect()``, SIGTERM, Ctrl-C) waits for running handlers and for
+      the events already read;
+    - ``max_line_size`` (bytes, default 16 MiB): the broker's
+      ``--max-line-size``; a command whose line is longer raises
+      :class:`~pystrands.errors.MessageTooLargeError` instead of being sent;
+    - ``heartbeat_interval`` (seconds, default 15; ``None``: no check): the
+      broker's ``--heartbeat-interval``; no data from the broker for three
+      intervals means the link is dead, and the client reconnects;
+    - ``connect_timeout`` (seconds, default 5): bounds the TCP connect and
+      the wait for the broker to accept the backend.
+
+    After setting them, ``__init__`` calls :meth:`_setup` for the client's
+    own state.
     """
+
+    # Slots, not an instance dict: the clients' attributes are read on every
+    # event, and a dict of many keys defeats CPython's attribute caches (a
+    # subclass's own attributes still go to its instance dict).
+    __slots__ = (
+        "host",
+        "port",
+        "auto_reconnect",
+        "reconnect_delay",
+        "max_reconnect_delay",
+        "reconnect_backoff",
+        "token",
+        "reply_timeout",
+        "concurrency",
+        "shutdown_timeout",
+        "max_line_size",
+        "heartbeat_interval",
+        "connect_timeout",
+        "_connected",
+    )
+
+    #: The default of ``concurrency`` (each client class sets its own).
+    default_concurrency = 1
 
     def __init__(
         self,
-        host: str = "localhost",
-        port: int = 8081,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
         auto_reconnect: bool = True,
         reconnect_delay: float = 1.0,
         max_reconnect_delay: float = 30.0,
@@ -515,23 +627,49 @@ class ConnectionSettings:
         *,
         token: Optional[str] = None,
         reply_timeout: float = 5.0,
+        concurrency: Optional[int] = None,
+        shutdown_timeout: float = 10.0,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        heartbeat_interval: Optional[float] = DEFAULT_HEARTBEAT_INTERVAL,
+        connect_timeout: float = 5.0,
     ) -> None:
-        self.host = host
-        self.port = port
+        self.host, self.port = broker_address(host, port)
         self.auto_reconnect = auto_reconnect
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
         self.reconnect_backoff = reconnect_backoff
-        #: Sent first on every connection when set (the broker's --backend-token);
-        #: defaults to $PYSTRANDS_BACKEND_TOKEN.
+        #: Sent first on every connection when set (the broker's
+        #: ``--backend-token``); defaults to $PYSTRANDS_BACKEND_TOKEN.
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         #: Seconds to wait for the broker's reply to a request (``presence``,
         #: ``presence_stats``, any call with ``ack=True``) before raising
         #: :class:`~pystrands.errors.ReplyTimeoutError`.
         self.reply_timeout = check_reply_timeout(reply_timeout)
-        #: True while a connection to the broker is open and usable for sending.
-        self.connected = False
+        #: Handlers that may run at once (of different connections).
+        self.concurrency = check_count(
+            "concurrency", self.default_concurrency if concurrency is None else concurrency
+        )
+        #: Seconds a graceful stop waits for handlers and events already read.
+        self.shutdown_timeout = float(check_seconds("shutdown_timeout", shutdown_timeout) or 0)
+        #: Longest line the broker accepts (its ``--max-line-size``).
+        self.max_line_size = check_count("max_line_size", max_line_size, 1024)
+        #: The broker's ``--heartbeat-interval``; None: no liveness check.
+        self.heartbeat_interval = check_seconds("heartbeat_interval", heartbeat_interval, none_ok=True)
+        #: Seconds for the TCP connect and for the broker to accept the backend.
+        self.connect_timeout = float(check_seconds("connect_timeout", connect_timeout) or 0)
+        self._connected = False
         self._setup()
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection to the broker is open and usable for
+        sending. Read-only: :meth:`connect` and :meth:`disconnect` change it."""
+        return self._connected
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the broker; every log line of the client names it."""
+        return f"{self.host}:{self.port}"
 
     def _setup(self) -> None:
         """The subclass's own state, set up at the end of ``__init__``."""
@@ -616,10 +754,34 @@ def context_from_params(params: Dict[str, Any]) -> Context:
 
 
 def decide_accepted(result: object, request: ConnectionRequestContext) -> bool:
-    """A bool returned by the handler wins; anything else means ``request.accepted``."""
+    """The decision of ``on_connection_request``: a returned ``True`` or
+    ``False`` wins; ``None`` (no return) means ``request.accepted``. Anything
+    else (``0``, ``""``, ``"no"``, a user object, a coroutine that a sync
+    client cannot run) is a mistake that must not admit anyone: it raises
+    :class:`TypeError`, which the core turns into a rejection.
+    ``request.accepted`` must be a bool for the same reason."""
     if result is True or result is False:
         return result
-    return bool(request.accepted)
+    if result is not None:
+        raise TypeError(
+            f"on_connection_request returned a value of type {type(result).__name__!r}, "
+            "not True, False or None"
+        )
+    accepted = request.accepted
+    if accepted is True or accepted is False:
+        return accepted
+    raise TypeError(
+        f"on_connection_request set request.accepted to a value of type "
+        f"{type(accepted).__name__!r}, not True or False"
+    )
+
+
+def check_line_size(action: str, line: bytes, limit: int) -> bytes:
+    """``line`` if the broker accepts it (at most ``limit`` bytes before its
+    newline), else :class:`~pystrands.errors.MessageTooLargeError`."""
+    if len(line) - 1 > limit:
+        raise MessageTooLargeError(action, len(line) - 1, limit)
+    return line
 
 
 # ---------------------------------------------------------------------------
@@ -672,9 +834,161 @@ Outgoing = Union[bytes, Request]
 Defer = Callable[[str, ConnectionRequestContext, Awaitable[Any]], None]
 
 
+class _Discard:
+    """A waiter that drops what it is given (the reply to the hello probe)."""
+
+    __slots__ = ()
+
+    def done(self) -> bool:
+        return False
+
+    def set_result(self, result: Any) -> None:
+        pass
+
+    def set_exception(self, exception: BaseException) -> None:
+        pass
+
+
+_DISCARD = _Discard()
+
+#: What the broker says (in the ``error`` line it writes before closing) when
+#: it refuses a backend's token; other refusals (too many backends waiting to
+#: authenticate) are worth retrying.
+_AUTH_REFUSALS = ("authentication failed", "auth line")
+
+#: The broker -> backend actions that are client events (what a stop may
+#: leave unhandled); heartbeats and replies are not.
+_EVENT_ACTIONS = frozenset((CONNECTION_REQUEST, NEW_CONNECTION, NEW_MESSAGE, DISCONNECTED))
+
+
+def lane_key(call: Call) -> str:
+    """The ordering key of a handler call: its context's ``connection_id``
+    (one connection), or its ``client_id`` from a broker before protocol
+    1.1; ``""`` for errors that concern no client."""
+    context = call[1][-1]
+    try:
+        return context.connection_id or context.client_id  # type: ignore[no-any-return]
+    except AttributeError:
+        return ""
+
+
+class Lanes:
+    """Per-connection order for handler calls run by several workers at once.
+
+    Every call has a lane (:func:`lane_key`: its connection). A worker takes
+    the next call with :meth:`claim`, which skips calls whose lane is busy
+    (another worker is running a call of that connection) by parking them
+    behind it; after running a call the worker asks :meth:`release` for the
+    next parked call of the same lane, which it runs before anything else.
+    So calls of one connection run one at a time, in the broker's order, and
+    calls of different connections run side by side.
+
+    Not thread-safe by itself: the threaded client holds its lock around
+    every method; the asyncio client uses it from the loop's thread only.
+    """
+
+    __slots__ = ("busy", "parked")
+
+    def __init__(self) -> None:
+        #: lane -> the calls parked behind the one running (a lane is busy
+        #: while it has an entry).
+        self.busy: Dict[str, Deque[Call]] = {}
+        #: Calls parked in all lanes.
+        self.parked = 0
+
+    def claim(self, events: Deque[Call]) -> Optional[Call]:
+        """The next call of ``events`` whose lane is free, now marked busy;
+        calls of busy lanes met on the way are parked. None when ``events``
+        has run out."""
+        busy = self.busy
+        while events:
+            call = events.popleft()
+            key = lane_key(call)
+            lane = busy.get(key)
+            if lane is None:
+                busy[key] = deque()
+                return call
+            lane.append(call)
+            self.parked += 1
+        return None
+
+    def hold(self, call: Call) -> None:
+        """Mark the lane of ``call`` busy: it is already running (a worker
+        took it before lanes were in use)."""
+        self.busy.setdefault(lane_key(call), deque())
+
+    def release(self, call: Call) -> Optional[Call]:
+        """``call`` has finished: the next call parked in its lane, for the
+        caller to run now (the lane stays busy), or None (the lane is free)."""
+        key = lane_key(call)
+        lane = self.busy.get(key)
+        if lane is None:
+            return None
+        if lane:
+            self.parked -= 1
+            return lane.popleft()
+        del self.busy[key]
+        return None
+
+    def clear(self) -> int:
+        """Forget every lane; return how many parked calls were dropped."""
+        dropped = self.parked
+        self.busy.clear()
+        self.parked = 0
+        return dropped
+
+
+def count_events(data: bytes) -> int:
+    """How many client events (connection requests, connections, messages,
+    disconnections, errors about a client) the lines of ``data`` hold; a
+    last line without its newline counts too. Heartbeats and replies do not."""
+    found = 0
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            event = _json_loads(raw)
+        except ValueError:
+            found += 1  # a cut line: it began as an event or a reply; count it
+            continue
+        if type(event) is not dict:
+            continue
+        action = event.get("action")
+        if action in _EVENT_ACTIONS:
+            found += 1
+        elif action == ERROR:
+            params = event.get("params")
+            if type(params) is dict and "context" in params:
+                found += 1
+    return found
+
+
+def _positional_arity(func: Callable[..., Any]) -> int:
+    """How many positional arguments ``func`` takes (2 when it takes ``*args``
+    or cannot be inspected)."""
+    try:
+        parameters = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    positional = 0
+    for p in parameters:
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            return 2
+        if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            positional += 1
+    return positional
+
+
 class BackendProtocol:
     """The backend's side of the broker link, without I/O: routing, decisions,
     reply matching and command encoding, written once for every I/O layer.
+
+    Outbound first: :meth:`hello` gives the bytes to write on a new
+    connection (the ``auth`` line when there is a token, and a
+    ``presence_stats`` probe); the broker's first line then tells whether it
+    accepted the backend: ``greeting`` (given to :meth:`hello`) is called
+    once with None, or with the error to raise (a refused token, an HTTP
+    answer from a WebSocket port). See :meth:`hello`.
 
     Inbound, :meth:`receive_from` (or :meth:`receive`) takes what was read and:
 
@@ -683,15 +997,20 @@ class BackendProtocol:
        ``handlers.on_message(message, context)``, ``new_connection`` ->
        ``handlers.on_new_connection(context)``, ``disconnected`` ->
        ``handlers.on_disconnect(context)``, ``error`` ->
-       ``handlers.on_error(error, context)``); a reply (``ack``,
-       ``presence``, ``presence_stats``, or ``error``, whose ``request_id`` is
-       a pending request's) settles that request's waiter; heartbeats and
-       unknown actions are dropped (as pystrands 1.0.0 does);
+       ``handlers.on_error(error, context)``, or ``on_error(error)`` when the
+       handler takes one argument); a reply (``ack``, ``presence``,
+       ``presence_stats``, or ``error``, whose ``request_id`` is a pending
+       request's) settles that request's waiter; heartbeats are counted
+       (:attr:`heartbeats`) and unknown actions dropped, neither reaches a
+       handler;
     2. then answers the chunk's connection requests: it calls
        ``handlers.on_connection_request(request)`` and returns the
        ``response`` lines for the I/O layer to write at once. A handler that
        returns an awaitable is handed to ``defer`` (the asyncio layer), which
-       later writes :meth:`decision`.
+       later writes :meth:`decision`. Only ``True``, ``False`` and ``None``
+       are decisions (:func:`decide_accepted`): anything else rejects, and is
+       logged at ERROR once per handler; so does any exception, ``SystemExit``
+       and ``KeyboardInterrupt`` included (logged with its traceback).
 
     Events are queued before any connection-request handler runs, so events
     that a handler's own wait for a reply lets in (a nested read) queue
@@ -706,6 +1025,28 @@ class BackendProtocol:
     any thread (the pending table is changed only by single dict operations).
     """
 
+    __slots__ = (
+        "handlers",
+        "defer",
+        "events",
+        "next_id",
+        "peer",
+        "max_line_size",
+        "chunks",
+        "heartbeats",
+        "dropped",
+        "_pending",
+        "_lines",
+        "_warned_events",
+        "_greeting",
+        "_heard",
+        "_token_sent",
+        "_warned_decisions",
+        "_error_handler",
+        "_error_takes_context",
+        "_draining",
+    )
+
     def __init__(self, handlers: Optional[Any], *, defer: Optional[Defer] = None) -> None:
         self.handlers = handlers
         self.defer = defer
@@ -714,19 +1055,153 @@ class BackendProtocol:
         self.events: Deque[Call] = deque()
         #: Request ids "1", "2", ...: unique per client, thread-safe (C-level ``next``).
         self.next_id: Callable[[], str] = map(str, count(1)).__next__
+        #: ``host:port`` of the broker, for log lines (the I/O layer sets it).
+        self.peer = ""
+        #: The broker's ``--max-line-size``: answers longer than this are refused.
+        self.max_line_size = DEFAULT_MAX_LINE_SIZE
+        #: Chunks received so far (the I/O layers' liveness check watches it).
+        self.chunks = 0
+        #: Heartbeats received so far.
+        self.heartbeats = 0
         self._pending: Dict[str, Tuple[Request, Waiter]] = {}
         self._lines = LineBuffer()
         self._warned_events = False
+        self._greeting: Optional[Callable[[Optional[BaseException]], None]] = None
+        self._heard = False
+        self._token_sent = False
+        self._warned_decisions: List[Any] = []
+        self._error_handler: Any = None
+        self._error_takes_context = True
+        self._draining = False
+        #: Client events that arrived after :meth:`stop_events` (not handled).
+        self.dropped = 0
 
     # ------------------------------------------------------------------ link
 
     def connection_made(self) -> None:
         """A new connection to the broker: forget any partial line of the old one."""
         self._lines = LineBuffer()
+        self._greeting = None
+        self._heard = False
+        self._draining = False
 
-    def connection_lost(self, peer: str) -> None:
+    def hello(
+        self,
+        token: Optional[str],
+        greeting: Callable[[Optional[BaseException]], None],
+        *,
+        events: bool = True,
+    ) -> bytes:
+        """The first bytes to write on a new connection (after
+        :meth:`connection_made`): the ``auth`` line (when there is a
+        ``token``, and always for a publisher: ``events=False``), then a
+        ``presence_stats`` request, a probe the broker answers at once once
+        it has accepted the backend.
+
+        The first line from the broker settles the greeting: ``greeting`` is
+        called once, from :meth:`receive_from`, with
+
+        - None when that line is anything but a refusal (the probe's reply,
+          or an event or heartbeat that came first): the broker accepted the
+          backend;
+        - :class:`~pystrands.errors.AuthenticationError` when the broker
+          refused the token (a wrong one, or none while it requires one): it
+          writes an ``error`` line and closes;
+        - :class:`~pystrands.errors.PyStrandsConnectionError` for another
+          refusal (too many backends waiting to authenticate; worth retrying);
+        - :class:`~pystrands.errors.NotABrokerError` when the peer answered
+          something that is not a JSON line, e.g. the HTTP 400 of the
+          broker's WebSocket port.
+
+        A broker that answers nothing (one before protocol 1.1 ignores the
+        probe, a stopped one cannot answer) leaves the greeting open: the I/O
+        layer decides after its ``connect_timeout`` and calls
+        :meth:`end_greeting`. The probe's reply itself is dropped.
+        """
+        self._greeting = greeting
+        self._token_sent = token is not None
+        first = encode_auth(token, events=events) if (token is not None or not events) else b""
+        probe = self.request(PRESENCE_STATS, {"room_id": ""}, PRESENCE_STATS)
+        self._pending[probe.request_id] = (probe, _DISCARD)
+        return first + probe.line
+
+    def end_greeting(self) -> None:
+        """Stop waiting for the broker's first line (the I/O layer's
+        ``connect_timeout`` passed): later lines are routed as usual."""
+        self._greeting = None
+
+    @property
+    def greeting_pending(self) -> bool:
+        """True while the broker's first line is awaited (see :meth:`hello`)."""
+        return self._greeting is not None
+
+    def _greeted(self, outcome: Optional[BaseException]) -> None:
+        greeting, self._greeting = self._greeting, None
+        if greeting is not None:
+            greeting(outcome)
+
+    def _greet(self, data: bytes) -> List[bytes]:
+        """Receive while the greeting is open: the first bytes and the first
+        line decide it (see :meth:`hello`), then routing goes on as usual."""
+        peer = self.peer
+        if not self._heard and data:
+            self._heard = True
+            if not data.startswith(b"{"):
+                first = data.split(b"\n", 1)[0][:80]
+                if data.startswith(b"HTTP/"):
+                    why = (
+                        f"the server at {peer} answered with HTTP ({first!r}), so it is not a "
+                        "PyStrands broker's backend port. Is it the broker's WebSocket port "
+                        "(--ws-port)? Backends connect to its TCP port (--tcp-port, 8081 by default)."
+                    )
+                else:
+                    why = (
+                        f"the server at {peer} is not a PyStrands broker's backend port: "
+                        f"it answered {first!r}, not a JSON line"
+                    )
+                self._greeted(NotABrokerError(why))
+                return []
+        lines = self._lines.feed(data)
+        for index, line in enumerate(lines):
+            if not line:
+                continue
+            refusal = self._refusal_of(line)
+            self._greeted(refusal)
+            if refusal is not None:
+                return []
+            return self.receive_lines(lines[index:])
+        return []
+
+    def _refusal_of(self, line: str) -> Optional[BaseException]:
+        peer = self.peer
+        try:
+            event = decode(line)
+        except ProtocolError:
+            return NotABrokerError(
+                f"the server at {peer} is not a PyStrands broker's backend port: "
+                f"it answered {line[:80]!r}, not a JSON line"
+            )
+        if event.get("action") != ERROR or event.get("request_id") is not None:
+            return None
+        params = event.get("params")
+        if type(params) is not dict or "context" in params:
+            return None
+        text = str(params.get("error", ""))
+        if any(marker in text for marker in _AUTH_REFUSALS):
+            if self._token_sent:
+                why = "refused the backend's token"
+            else:
+                why = (
+                    "requires a token (--backend-token) and none was given "
+                    f"(token=... or ${TOKEN_ENV})"
+                )
+            return AuthenticationError(f"the broker at {peer} {why}: {text}", text)
+        return PyStrandsConnectionError(f"the broker at {peer} refused the backend: {text}")
+
+    def connection_lost(self, peer: Optional[str] = None) -> None:
         """The connection is gone: every request still waiting fails with
         :class:`~pystrands.errors.PyStrandsConnectionError`."""
+        peer = peer or self.peer
         while True:
             try:
                 _, (request, waiter) = self._pending.popitem()
@@ -744,21 +1219,36 @@ class BackendProtocol:
         """Bytes of an unfinished line held until its newline arrives."""
         return self._lines.pending_bytes
 
+    def unhandled_in(self, data: bytes) -> int:
+        """The client events in ``data`` (what was left unread when the
+        connection closed) and in the unfinished line held from before: what
+        a stop could not handle (see :func:`count_events`)."""
+        held = b"".join(self._lines._parts)
+        return count_events(held + data)
+
     # ------------------------------------------------------------------ inbound
 
     def receive_from(self, buffer: bytearray, size: int) -> List[bytes]:
         """Route the first ``size`` bytes of a reused receive buffer (see
         :meth:`LineBuffer.feed_from`); return the answers to write now.
         Raises :class:`ProtocolError` for a line over the size limit."""
+        self.chunks += 1
+        if self._greeting is not None:
+            return self._greet(bytes(buffer[:size]))
         return self.receive_lines(self._lines.feed_from(buffer, size))
 
     def receive(self, data: bytes) -> List[bytes]:
         """Like :meth:`receive_from`, for a bytes chunk."""
+        self.chunks += 1
+        if self._greeting is not None:
+            return self._greet(data)
         return self.receive_lines(self._lines.feed(data))
 
     def receive_lines(self, lines: Iterable[str]) -> List[bytes]:
         """Route complete lines (step 1), then answer their connection
         requests (step 2); return the ``response`` lines to write now."""
+        if self._draining:
+            return self._drain(lines)
         handlers = self.handlers
         on_message = handlers.on_message if handlers is not None else None
         append = self.events.append
@@ -775,14 +1265,16 @@ class BackendProtocol:
             try:
                 event = decode(line)
             except ProtocolError as exc:
-                logger.error("%s", exc)
+                logger.error("broker at %s: %s", self.peer, exc)
                 continue
             action = event.get("action")
             if action == CONNECTION_REQUEST:
                 if requests is None:
                     requests = []
                 requests.append(event)
-            elif action != HEARTBEAT and type(action) is str:
+            elif action == HEARTBEAT:
+                self.heartbeats += 1
+            elif type(action) is str:
                 self._route(action, event)
         if requests is None:
             return []
@@ -804,7 +1296,7 @@ class BackendProtocol:
                 self._settle(entry[0], entry[1], action, params)
                 return
             if action != ERROR:  # a reply that came after its request timed out
-                logger.debug("no request waits for the %s reply %r", action, request_id)
+                logger.debug("broker at %s: no request waits for the %s reply %r", self.peer, action, request_id)
                 return
         call = self._call_for(action, params)
         if call is not None:
@@ -815,7 +1307,7 @@ class BackendProtocol:
         handlers = self.handlers
         if handlers is None:
             if action == ERROR:
-                logger.warning("broker reported an error: %s", params.get("error", ""))
+                logger.warning("broker at %s reported an error: %s", self.peer, params.get("error", ""))
             elif action in (NEW_MESSAGE, NEW_CONNECTION, DISCONNECTED):
                 self._unexpected(action)
             return None
@@ -832,10 +1324,30 @@ class BackendProtocol:
             if action == DISCONNECTED:
                 return handlers.on_disconnect, (context_from_params(params),)
             if action == ERROR:
-                return handlers.on_error, (params.get("error", ""), context_from_params(params))
+                return self._error_call(handlers.on_error), (
+                    params.get("error", ""),
+                    context_from_params(params),
+                )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            logger.error("malformed %s event from the broker (%s): dropped", action, exc)
+            logger.error("broker at %s: malformed %s event (%s): dropped", self.peer, action, exc)
         return None
+
+    def _error_call(self, handler: Callable[..., Any]) -> Callable[..., Any]:
+        """``on_error`` as the core calls it, ``(error, context)``: the
+        handler itself, or for a handler that takes only ``error`` (as the
+        original README wrote it) a wrapper that leaves the context out."""
+        func = getattr(handler, "__func__", handler)
+        if func is not self._error_handler:
+            self._error_handler = func
+            self._error_takes_context = _positional_arity(handler) >= 2
+        if self._error_takes_context:
+            return handler
+
+        def on_error(error: str, context: Context) -> Any:
+            return handler(error)
+
+        on_error.__name__ = getattr(handler, "__name__", "on_error")
+        return on_error
 
     def _answer(self, event: Dict[str, Any]) -> Optional[bytes]:
         request_id, request = connection_request_from_event(event)
@@ -843,9 +1355,10 @@ class BackendProtocol:
         if handlers is None:
             self._unexpected(CONNECTION_REQUEST)
             return None
+        handler = handlers.on_connection_request
         try:
-            result = handlers.on_connection_request(request)
-        except Exception:
+            result = handler(request)
+        except BaseException:  # sys.exit() and KeyboardInterrupt too: reject, go on
             return self.refusal(request_id, request)
         if result is not None and self.defer is not None and isawaitable(result):
             self.defer(request_id, request, result)
@@ -853,30 +1366,76 @@ class BackendProtocol:
         return self.decision(request_id, request, result)
 
     def decision(self, request_id: str, request: ConnectionRequestContext, result: object) -> bytes:
-        """The ``response`` for a handler's ``result`` (see :func:`decide_accepted`);
-        a refusal if the request cannot be encoded (e.g. a non-str client_id)."""
+        """The ``response`` for a handler's ``result`` (see :func:`decide_accepted`):
+        a refusal, logged, for anything but True, False or None, or when the
+        request cannot be encoded (e.g. a non-str client_id) or is longer
+        than :attr:`max_line_size`."""
         try:
-            return encode_decision(request_id, request, decide_accepted(result, request))
+            accepted = decide_accepted(result, request)
+        except TypeError as exc:
+            if inspect.iscoroutine(result):
+                result.close()  # a sync client cannot run it; do not warn "never awaited"
+            self._bad_decision(exc, request)
+            return encode_response(request_id, False, None)
+        try:
+            line = encode_decision(request_id, request, accepted)
+            return check_line_size(RESPONSE, line, self.max_line_size)
         except Exception:
             return self.refusal(request_id, request)
+
+    def _bad_decision(self, exc: TypeError, request: ConnectionRequestContext) -> None:
+        handler = getattr(self.handlers, "on_connection_request", None)
+        func = getattr(handler, "__func__", handler)
+        first = not any(func is seen for seen in self._warned_decisions)
+        if first:
+            self._warned_decisions.append(func)
+        logger.log(
+            logging.ERROR if first else logging.DEBUG,
+            "broker at %s: %s; the connection from %s to %s is rejected. Return True to "
+            "accept, False to reject, or None to use request.accepted (logged once per handler)",
+            self.peer,
+            exc,
+            request.remote_addr,
+            request.url,
+        )
 
     def refusal(self, request_id: str, request: ConnectionRequestContext) -> bytes:
         """The ``response`` refusing ``request`` after its handler failed; call
         it inside the ``except`` block (the traceback is logged)."""
-        logger.exception(
-            "on_connection_request failed; rejecting the connection from %s to %s",
+        logger.error(
+            "broker at %s: on_connection_request failed; rejecting the connection from %s to %s",
+            self.peer,
             request.remote_addr,
             request.url,
+            exc_info=True,
         )
         return encode_response(request_id, False, None)
+
+    def handler_failed(self, handler: Callable[..., Any]) -> None:
+        """Log the exception a handler raised (call it inside the ``except``
+        block); the client goes on with the next event, whatever it was."""
+        exc = sys.exc_info()[1]
+        name = getattr(handler, "__name__", repr(handler))
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            logger.error(
+                "broker at %s: %s raised %s; a handler cannot stop the client this way "
+                "(call disconnect(), or stop run_forever() with a signal): the client goes on",
+                self.peer,
+                name,
+                type(exc).__name__,
+                exc_info=True,
+            )
+        else:
+            logger.error("broker at %s: %s raised", self.peer, name, exc_info=True)
 
     def _unexpected(self, action: str) -> None:
         level = logging.DEBUG if self._warned_events else logging.WARNING
         self._warned_events = True
         logger.log(
             level,
-            "a publisher was sent a %s event and dropped it: this broker does not "
+            "broker at %s: a publisher was sent a %s event and dropped it: this broker does not "
             "support publisher connections (protocol 1.1)",
+            self.peer,
             action,
         )
 
@@ -898,7 +1457,7 @@ class BackendProtocol:
     @property
     def waiting(self) -> int:
         """How many requests wait for their reply."""
-        return len(self._pending)
+        return sum(1 for _, waiter in list(self._pending.values()) if waiter is not _DISCARD)
 
     @staticmethod
     def _settle(request: Request, waiter: Waiter, action: str, params: Dict[str, Any]) -> None:
@@ -931,6 +1490,57 @@ class BackendProtocol:
         (or ``error``) with the same request_id."""
         request_id = self.next_id()
         return Request(action, request_id, encode_line(action, params, request_id), reply)
+
+    def stop_events(self) -> None:
+        """A graceful stop has begun: from now on client events are not
+        queued (nor connection requests answered) but counted in
+        :attr:`dropped`; replies and heartbeats are still routed, so
+        handlers that are still running can get their replies."""
+        self._draining = True
+        self.dropped = 0
+
+    def _drain(self, lines: Iterable[str]) -> List[bytes]:
+        for line in lines:
+            if not line:
+                continue
+            try:
+                event = decode(line)
+            except ProtocolError:
+                continue
+            action = event.get("action")
+            if action == HEARTBEAT:
+                self.heartbeats += 1
+            elif action in _EVENT_ACTIONS:
+                self.dropped += 1
+            elif action in _REPLIES and type(action) is str:
+                params = event.get("params")
+                request_id = event.get("request_id")
+                if action == ERROR and type(params) is dict and "context" in params:
+                    self.dropped += 1
+                elif type(request_id) is str and request_id in self._pending:
+                    self._route(action, event)
+        return []
+
+
+def check_size(outgoing: Outgoing, limit: int) -> None:
+    """:class:`~pystrands.errors.MessageTooLargeError` if the line of
+    ``outgoing`` (a command's line or :class:`Request`) is longer than ``limit``."""
+    if type(outgoing) is bytes:
+        if len(outgoing) - 1 > limit:
+            raise MessageTooLargeError(_action_of(outgoing), len(outgoing) - 1, limit)
+    elif len(outgoing.line) - 1 > limit:  # type: ignore[union-attr]
+        raise MessageTooLargeError(outgoing.action, len(outgoing.line) - 1, limit)  # type: ignore[union-attr]
+
+
+def _action_of(line: bytes) -> str:
+    """The action of an encoded command line (for error messages)."""
+    head = line[:64]
+    start = head.find(b'"action":"')
+    if start < 0:
+        return "command"
+    start += len(b'"action":"')
+    end = head.find(b'"', start)
+    return head[start:end].decode("ascii", "replace") if end > 0 else "command"
 
 
 def parse_reply(expected: str, action: str, params: Dict[str, Any]) -> Any:

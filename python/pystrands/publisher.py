@@ -22,6 +22,15 @@ users while the real backend is down. It still gets replies: ``presence``,
   in a child process after ``fork``, so one created at import time in a
   pre-forking server works).
 - :class:`AsyncPublisher`: the asyncio twin; await every method.
+
+Both wait, when they connect, for the broker to accept them (see
+:meth:`~pystrands.protocol.BackendProtocol.hello`): a refused token raises
+:class:`~pystrands.errors.AuthenticationError` from the call, and an address
+that is not a broker's backend port (its WebSocket port, say)
+:class:`~pystrands.errors.NotABrokerError`, instead of sends that vanish.
+A line longer than ``max_line_size`` raises
+:class:`~pystrands.errors.MessageTooLargeError`; three heartbeat intervals
+without data drop the connection (the next call opens a new one).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import socket
 import threading
 from concurrent.futures import Future
@@ -39,13 +49,18 @@ from .commands import Commands
 from .context import PresenceEntry, PresenceStats
 from .errors import ProtocolError, PyStrandsConnectionError, ReplyTimeoutError
 from .protocol import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_MAX_LINE_SIZE,
+    MISSED_HEARTBEATS,
     TOKEN_ENV,
     BackendProtocol,
-    LineBuffer,
     Outgoing,
     Request,
+    broker_address,
+    check_count,
     check_reply_timeout,
-    encode_auth,
+    check_seconds,
+    check_size,
 )
 
 __all__ = ["Publisher", "AsyncPublisher"]
@@ -56,40 +71,56 @@ _RECV_SIZE = 64 * 1024
 
 
 class _PublisherSettings:
-    """What both publishers are given: ``Publisher(host, port, token=None, *,
-    reply_timeout=5.0, connect_timeout=5.0)``; ``token`` defaults to
-    ``$PYSTRANDS_BACKEND_TOKEN``."""
+    """What both publishers are given: ``Publisher(host=None, port=None,
+    token=None, *, reply_timeout=5.0, connect_timeout=5.0,
+    max_line_size=16 MiB, heartbeat_interval=15.0)``. ``host`` / ``port``
+    default to ``$PYSTRANDS_HOST`` / ``$PYSTRANDS_PORT``, else
+    ``localhost:8081``; ``token`` to ``$PYSTRANDS_BACKEND_TOKEN``; the other
+    settings mean what they mean for the clients
+    (:class:`~pystrands.protocol.ConnectionSettings`)."""
 
     def __init__(
         self,
-        host: str = "localhost",
-        port: int = 8081,
+        host: Optional[str] = None,
+        port: Optional[int] = None,
         token: Optional[str] = None,
         *,
         reply_timeout: float = 5.0,
         connect_timeout: float = 5.0,
+        max_line_size: int = DEFAULT_MAX_LINE_SIZE,
+        heartbeat_interval: Optional[float] = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
-        self.host = host
-        self.port = port
+        self.host, self.port = broker_address(host, port)
         #: Sent in the auth line when set; defaults to $PYSTRANDS_BACKEND_TOKEN.
         self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
         #: Seconds to wait for a reply (presence, presence_stats, ack=True).
         self.reply_timeout = check_reply_timeout(reply_timeout)
-        #: Seconds to wait for the TCP connection to open.
-        self.connect_timeout = connect_timeout
+        #: Seconds to wait for the TCP connection to open and the broker to accept it.
+        self.connect_timeout = float(check_seconds("connect_timeout", connect_timeout) or 0)
+        #: The broker's --max-line-size.
+        self.max_line_size = check_count("max_line_size", max_line_size, 1024)
+        #: The broker's --heartbeat-interval (None: no liveness check).
+        self.heartbeat_interval = check_seconds("heartbeat_interval", heartbeat_interval, none_ok=True)
         # No handlers: a publisher takes replies only.
         self._core = BackendProtocol(None)
+        self._core.peer = self.address
         self._setup()
 
     def _setup(self) -> None:
         """The subclass's own state, set up at the end of ``__init__``."""
 
     @property
-    def _peer(self) -> str:
+    def address(self) -> str:
+        """``host:port`` of the broker; every log line of the publisher names it."""
         return f"{self.host}:{self.port}"
 
-    def _auth_line(self) -> bytes:
-        return encode_auth(self.token, events=False)
+    @property
+    def _peer(self) -> str:
+        return self.address
+
+    def _silence_limit(self) -> Optional[float]:
+        interval = self.heartbeat_interval
+        return None if interval is None else MISSED_HEARTBEATS * interval
 
 
 class Publisher(_PublisherSettings, Commands[Optional[int], List[PresenceEntry], PresenceStats]):
@@ -108,6 +139,7 @@ class Publisher(_PublisherSettings, Commands[Optional[int], List[PresenceEntry],
 
     def _setup(self) -> None:
         self._lock = threading.Lock()  # connecting and writing
+        self._feed = threading.Lock()  # feeding the core (one connection's reader at a time)
         self._sock: Optional[socket.socket] = None
         self._pid = 0  # the process that opened _sock
 
@@ -139,6 +171,7 @@ class Publisher(_PublisherSettings, Commands[Optional[int], List[PresenceEntry],
     # ------------------------------------------------------------------ internals
 
     def _issue(self, outgoing: Outgoing) -> Any:
+        check_size(outgoing, self.max_line_size)
         if isinstance(outgoing, bytes):
             self._send(outgoing, None)
             return None
@@ -165,7 +198,7 @@ class Publisher(_PublisherSettings, Commands[Optional[int], List[PresenceEntry],
                         raise PyStrandsConnectionError(
                             f"cannot write to the broker at {self._peer}: {exc}"
                         ) from exc
-                    logger.info("connection to the broker at %s lost (%s); reconnecting", self._peer, exc)
+                    logger.warning("connection to the broker at %s lost (%s); reconnecting", self._peer, exc)
 
     def _wait(self, request: Request, waiter: "Future[Any]") -> Any:
         timeout = self.reply_timeout
@@ -190,9 +223,18 @@ class Publisher(_PublisherSettings, Commands[Optional[int], List[PresenceEntry],
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
         except OSError as exc:
             raise PyStrandsConnectionError(f"cannot connect to the broker at {self._peer}: {exc}") from exc
+        greeting: "Future[Optional[BaseException]]" = Future()
+
+        def greeted(outcome: Optional[BaseException]) -> None:
+            if not greeting.done():
+                greeting.set_result(outcome)
+
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(self._auth_line())
+            with self._feed:
+                self._core.connection_made()
+                hello = self._core.hello(self.token, greeted, events=False)
+            sock.sendall(hello)
             sock.settimeout(None)
         except OSError as exc:
             sock.close()
@@ -200,8 +242,15 @@ class Publisher(_PublisherSettings, Commands[Optional[int], List[PresenceEntry],
         self._sock = sock
         self._pid = os.getpid()
         threading.Thread(
-            target=self._read, args=(sock,), name="pystrands-publisher", daemon=True
+            target=self._read, args=(sock, greeted), name="pystrands-publisher", daemon=True
         ).start()
+        wait_for_future((greeting,), self.connect_timeout)
+        outcome = greeting.result() if greeting.done() else None
+        if outcome is not None:
+            self._drop(sock)
+            raise outcome
+        if not greeting.done():
+            self._core.end_greeting()  # a broker before protocol 1.1: no answer to the probe
         logger.info("publisher connected to the broker at %s", self._peer)
         return sock
 
@@ -215,24 +264,47 @@ class Publisher(_PublisherSettings, Commands[Optional[int], List[PresenceEntry],
         except OSError:
             pass
 
-    def _read(self, sock: socket.socket) -> None:
+    def _read(self, sock: socket.socket, greeted: Any) -> None:
         """The connection's reader thread: routes replies (and heartbeats)
-        until the connection ends, then marks it lost."""
-        lines = LineBuffer()
-        receive = self._core.receive_lines
+        until the connection ends or falls silent, then marks it lost."""
+        receive = self._core.receive
+        silence = self._silence_limit()
         try:
             while True:
+                if silence is not None:
+                    ready, _, _ = select.select([sock], [], [], silence)
+                    if not ready:
+                        logger.warning(
+                            "publisher connection to %s dropped: no data (not even a heartbeat) "
+                            "for %.1f s, %d times heartbeat_interval",
+                            self._peer,
+                            silence,
+                            MISSED_HEARTBEATS,
+                        )
+                        break
                 data = sock.recv(_RECV_SIZE)
                 if not data:
                     break
-                receive(lines.feed(data))
-        except (OSError, ProtocolError) as exc:
+                with self._feed:
+                    if self._sock is not sock:
+                        break
+                    receive(data)
+        except (OSError, ValueError, ProtocolError) as exc:
             logger.info("publisher connection to %s ended: %s", self._peer, exc)
         finally:
+            greeted(
+                PyStrandsConnectionError(
+                    f"the broker at {self._peer} closed the connection before accepting the publisher"
+                )
+            )
             with self._lock:
                 if self._sock is sock:
                     self._sock = None
                     self._core.connection_lost(self._peer)
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             sock.close()
 
 
@@ -288,6 +360,7 @@ class AsyncPublisher(
     # ------------------------------------------------------------------ internals
 
     async def _issue(self, outgoing: Outgoing) -> Any:
+        check_size(outgoing, self.max_line_size)
         writer = await self._connection()
         if isinstance(outgoing, bytes):
             await self._write(writer, outgoing)
@@ -333,9 +406,28 @@ class AsyncPublisher(
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            writer.write(self._auth_line())
+            greeting: "asyncio.Future[Optional[BaseException]]" = (
+                asyncio.get_running_loop().create_future()
+            )
+
+            def greeted(outcome: Optional[BaseException]) -> None:
+                if not greeting.done():
+                    greeting.set_result(outcome)
+
+            self._core.connection_made()
+            writer.write(self._core.hello(self.token, greeted, events=False))
             self._writer = writer
-            self._reader_task = asyncio.get_running_loop().create_task(self._read(reader, writer))
+            self._reader_task = asyncio.get_running_loop().create_task(
+                self._read(reader, writer, greeted)
+            )
+            try:
+                outcome = await asyncio.wait_for(asyncio.shield(greeting), self.connect_timeout)
+            except asyncio.TimeoutError:
+                self._core.end_greeting()  # a broker before protocol 1.1: no answer to the probe
+                outcome = None
+            if outcome is not None:
+                self._lose(writer)
+                raise outcome
             logger.info("publisher connected to the broker at %s", self._peer)
             return writer
 
@@ -345,16 +437,33 @@ class AsyncPublisher(
             self._core.connection_lost(self._peer)
         writer.close()
 
-    async def _read(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lines = LineBuffer()
-        receive = self._core.receive_lines
+    async def _read(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, greeted: Any
+    ) -> None:
+        receive = self._core.receive
+        silence = self._silence_limit()
         try:
             while True:
-                data = await reader.read(_RECV_SIZE)
-                if not data:
+                try:
+                    data = await asyncio.wait_for(reader.read(_RECV_SIZE), silence)
+                except asyncio.TimeoutError:
+                    logger.warning(
+                        "publisher connection to %s dropped: no data (not even a heartbeat) "
+                        "for %.1f s, %d times heartbeat_interval",
+                        self._peer,
+                        silence,
+                        MISSED_HEARTBEATS,
+                    )
                     break
-                receive(lines.feed(data))
+                if not data or self._writer is not writer:
+                    break
+                receive(data)
         except (OSError, ConnectionError, ProtocolError) as exc:
             logger.info("publisher connection to %s ended: %s", self._peer, exc)
         finally:
+            greeted(
+                PyStrandsConnectionError(
+                    f"the broker at {self._peer} closed the connection before accepting the publisher"
+                )
+            )
             self._lose(writer)

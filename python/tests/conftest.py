@@ -77,11 +77,11 @@ def _split_addr(addr: str) -> Tuple[str, int]:
 class Broker:
     """One pystrands-server process; restartable on the same ports."""
 
-    def __init__(self, binary: str, connect_timeout: float = 5.0, extra_args: Sequence[str] = ()):
+    def __init__(self, binary: str, connect_timeout: float = 5.0, extra_args: Sequence[str] = ()) -> None:
         self.binary = binary
         self.connect_timeout = connect_timeout
         self.extra_args = list(extra_args)
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: "Optional[subprocess.Popen[bytes]]" = None
         self.log_lines: List[str] = []
         self.ws_host = self.tcp_host = "127.0.0.1"
         self.ws_port = self.tcp_port = 0
@@ -92,11 +92,13 @@ class Broker:
             "--host", "127.0.0.1",
             "--ws-port", str(ws_port),
             "--tcp-port", str(tcp_port),
-            "--admin-port", "0",
             "--connect-timeout", str(self.connect_timeout),
             "--log-level", "info",
             *self.extra_args,
         ]
+        if "--admin-port" not in self.extra_args:
+            # Off unless a test asks for it: two brokers would compete for 8082.
+            args += ["--admin-port", "0"]
         self.proc = proc = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -150,6 +152,11 @@ class Broker:
                 proc.wait(TIMEOUT)
         self.proc = None
         return proc.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the running broker (SIGSTOP / SIGCONT pause it)."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
 
     def wait_log(self, pattern: str, count: int = 1, timeout: float = TIMEOUT) -> None:
         """Wait until ``count`` lines of the broker's log match ``pattern``."""
@@ -324,3 +331,14 @@ def open_tab(stack: Any, broker: Broker, events: "Events", path: str, user: str,
 def next_frames(ws: Any, count: int) -> List[Any]:
     """The next ``count`` frames a WebSocket receives."""
     return [ws.recv(timeout=TIMEOUT) for _ in range(count)]
+
+
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (bound and released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

@@ -7,11 +7,11 @@ from __future__ import annotations
 import asyncio
 from contextlib import ExitStack
 
-from conftest import TIMEOUT, next_frames, open_tab
+from conftest import TIMEOUT, Broker, Events, TabBackend, next_frames, open_tab
 from pystrands import AsyncPyStrandsClient, PyStrands
 
 
-def test_sync_acks_count_connections(broker, tab_backend, events):
+def test_sync_acks_count_connections(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     b = tab_backend
     with ExitStack() as stack:
         a1, ca1 = open_tab(stack, broker, events, "/lobby", "ada")
@@ -36,8 +36,8 @@ def test_sync_acks_count_connections(broker, tab_backend, events):
         assert next_frames(a1, 5) == ["all", "lobby", "tabs", "one tab", b"\x01\x02"]
 
 
-def test_asyncio_and_app_acks_resolve_to_counts(broker):
-    async def main():
+def test_asyncio_and_app_acks_resolve_to_counts(broker: Broker) -> None:
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
         client = AsyncPyStrandsClient("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, http_status_of, wait_for
+from conftest import TIMEOUT, Broker, http_status_of, wait_for
 from pystrands import Context, PyStrands
 
 
-def run(coro, timeout=60):
+def run(coro: Any, timeout: Any=60) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-def make_app(broker, log):
+def make_app(broker: Broker, log: Any) -> Any:
     app = PyStrands(host="127.0.0.1", port=broker.tcp_port)
 
     @app.on_connection_request
-    async def admit(request):  # async handler
+    async def admit(request: Any) -> Any:  # async handler
         if request.url.startswith("/private"):
             return False
         if request.url.startswith("/raise"):
@@ -34,12 +35,12 @@ def make_app(broker, log):
         return True
 
     @app.on_new_connection
-    def joined(context):  # sync handler
+    def joined(context: Any) -> None:  # sync handler
         log.put_nowait(("joined", context))
         app.send_private_message(context.client_id, "welcome")  # no await: sends anyway
 
     @app.on_message
-    async def said(message, context):
+    async def said(message: Any, context: Any) -> None:
         log.put_nowait(("message", message, context))
         if message == "room":
             await app.send_room_message(context.room_id, f"room:{context.room_id}")
@@ -49,22 +50,22 @@ def make_app(broker, log):
             await app.broadcast_message("to everyone again")
 
     @app.on_disconnect
-    async def left(context):
+    async def left(context: Any) -> None:
         log.put_nowait(("left", context.client_id))
 
     return app
 
 
-async def next_of(q, kind):
+async def next_of(q: Any, kind: Any) -> Any:
     while True:
         item = await asyncio.wait_for(q.get(), TIMEOUT)
         if item[0] == kind:
             return item
 
 
-def test_decorated_handlers_sync_and_async(broker):
-    async def main():
-        log = asyncio.Queue()
+def test_decorated_handlers_sync_and_async(broker: Broker) -> None:
+    async def main() -> None:
+        log: "asyncio.Queue[Any]" = asyncio.Queue()
         app = make_app(broker, log)
         serving = asyncio.ensure_future(app.serve())
         try:
@@ -102,24 +103,24 @@ def test_decorated_handlers_sync_and_async(broker):
     run(main())
 
 
-def test_decorators_return_the_function_and_accept_parentheses():
+def test_decorators_return_the_function_and_accept_parentheses() -> None:
     app = PyStrands()
 
-    def handler(message, context):
+    def handler(message: Any, context: Any) -> None:
         return None
 
     assert app.on_message(handler) is handler
     assert app.on_message()(handler) is handler
     assert app.on_connect is not None
     with pytest.raises(TypeError):
-        app.on_message(42)
+        app.on_message(42)  # type: ignore[call-overload]
 
 
-def test_app_run_blocks_until_disconnect(broker):
+def test_app_run_blocks_until_disconnect(broker: Broker) -> None:
     app = PyStrands(host="127.0.0.1", port=broker.tcp_port)
 
     @app.on_message
-    async def quit_on_request(message, context):
+    async def quit_on_request(message: Any, context: Any) -> None:
         await app.send_private_message(context.client_id, "stopping")
         await app.disconnect()
 
@@ -133,16 +134,16 @@ def test_app_run_blocks_until_disconnect(broker):
     assert not runner.is_alive(), "app.run() did not return"
 
 
-def test_app_on_error_receives_broker_errors(broker):
+def test_app_on_error_receives_broker_errors(broker: Broker) -> None:
     """The broker answers a line it cannot use with an `error` event that has
     no context; the handler gets empty context fields, not a crash."""
 
-    async def main():
+    async def main() -> None:
         app = PyStrands(host="127.0.0.1", port=broker.tcp_port)
-        errors = asyncio.Queue()
+        errors: "asyncio.Queue[Any]" = asyncio.Queue()
 
         @app.on_error
-        def on_error(error, context):
+        def on_error(error: Any, context: Any) -> None:
             errors.put_nowait((error, context))
 
         serving = asyncio.ensure_future(app.serve())

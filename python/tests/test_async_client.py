@@ -5,26 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
-from conftest import TIMEOUT, http_status_of
+from conftest import TIMEOUT, Broker, http_status_of
 from pystrands import AsyncPyStrandsClient
 
 
-def run(coro, timeout=60):
+def run(coro: Any, timeout: Any=60) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
-async def next_of(q: asyncio.Queue, kind: str):
+async def next_of(q: "asyncio.Queue[Any]", kind: str) -> Any:
     while True:
         item = await asyncio.wait_for(q.get(), TIMEOUT)
         if item[0] == kind:
             return item
 
 
-async def refused_status(url):
+async def refused_status(url: str) -> Any:
     with pytest.raises(Exception) as info:
         async with connect(url, open_timeout=TIMEOUT):
             pass
@@ -36,32 +37,32 @@ async def refused_status(url):
 class SeedAsync(AsyncPyStrandsClient):
     """The README seed, written for asyncio (async callbacks)."""
 
-    def __init__(self, log, *args, **kwargs):
+    def __init__(self, log: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.log = log
 
-    async def on_connection_request(self, request):
+    async def on_connection_request(self, request: Any) -> None:
         request.context.room_id = "new_room"
         request.context.client_id = "new_client_id"
         request.context.metadata = {"name": "John Doe"}
         request.accepted = True
 
-    async def on_connect(self, context):
+    async def on_connect(self, context: Any) -> None:
         await self.log.put(("connect", context))
         await self.send_private_message(
             context.client_id, f"Welcome to the room! {context.metadata.get('name')}"
         )
 
-    async def on_message(self, message, context):
+    async def on_message(self, message: Any, context: Any) -> None:
         await self.log.put(("message", message, context.context.client_id, context.context.room_id))
 
-    async def on_disconnect(self, context):
+    async def on_disconnect(self, context: Any) -> None:
         await self.log.put(("disconnect", context.context.client_id))
 
 
-def test_async_seed_flow(broker):
-    async def main():
-        log = asyncio.Queue()
+def test_async_seed_flow(broker: Broker) -> None:
+    async def main() -> None:
+        log: "asyncio.Queue[Any]" = asyncio.Queue()
         client = SeedAsync(log, "127.0.0.1", broker.tcp_port)
         assert await client.connect()
         await client.broadcast_message("Hello everyone!")
@@ -91,11 +92,11 @@ def test_async_seed_flow(broker):
 
 
 class Deciding(AsyncPyStrandsClient):
-    def __init__(self, how, *args, **kwargs):
+    def __init__(self, how: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.how = how
 
-    async def on_connection_request(self, request):
+    async def on_connection_request(self, request: Any) -> Any:
         if self.how == "return":
             return False
         if self.how == "attribute":
@@ -105,8 +106,8 @@ class Deciding(AsyncPyStrandsClient):
 
 
 @pytest.mark.parametrize("how", ["return", "attribute", "exception"])
-def test_async_rejections_give_403(broker, how, caplog):
-    async def main():
+def test_async_rejections_give_403(broker: Broker, how: Any, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
         client = Deciding(how, "127.0.0.1", broker.tcp_port)
         assert await client.connect()
         try:
@@ -123,29 +124,29 @@ def test_async_rejections_give_403(broker, how, caplog):
 class SyncCallbacks(AsyncPyStrandsClient):
     """Plain (non-async) callbacks are accepted by the asyncio client too."""
 
-    def __init__(self, log, *args, **kwargs):
+    def __init__(self, log: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.log = log
 
-    def on_connection_request(self, request):
+    def on_connection_request(self, request: Any) -> Any:
         if request.url == "/no":
             return False
         request.context.room_id = "sync-room"
 
-    def on_new_connection(self, context):  # the 1.0.0 name
+    def on_new_connection(self, context: Any) -> None:  # the 1.0.0 name
         self.log.put_nowait(("connected", context.room_id))
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         self.log.put_nowait(("message", message))
         asyncio.ensure_future(self.send_private_message(context.client_id, message.upper()))
 
-    def on_disconnect(self, context):
+    def on_disconnect(self, context: Any) -> None:
         self.log.put_nowait(("disconnected", context.room_id))
 
 
-def test_async_client_with_sync_callbacks(broker):
-    async def main():
-        log = asyncio.Queue()
+def test_async_client_with_sync_callbacks(broker: Broker) -> None:
+    async def main() -> None:
+        log: "asyncio.Queue[Any]" = asyncio.Queue()
         client = SyncCallbacks(log, "127.0.0.1", broker.tcp_port)
         assert await client.connect()
         try:
@@ -161,10 +162,10 @@ def test_async_client_with_sync_callbacks(broker):
     run(main())
 
 
-def test_async_handler_exception_is_logged_and_the_client_goes_on(broker, caplog):
-    async def main():
+def test_async_handler_exception_is_logged_and_the_client_goes_on(broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
         class Flaky(AsyncPyStrandsClient):
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 if message == "boom":
                     raise ValueError("handler failure")
                 await self.send_private_message(context.client_id, "ok:" + message)
@@ -184,10 +185,10 @@ def test_async_handler_exception_is_logged_and_the_client_goes_on(broker, caplog
     assert any(r.exc_info and "handler failure" in str(r.exc_info[1]) for r in caplog.records)
 
 
-def test_async_disconnect_from_inside_a_handler(broker):
-    async def main():
+def test_async_disconnect_from_inside_a_handler(broker: Broker) -> None:
+    async def main() -> None:
         class Quitter(AsyncPyStrandsClient):
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 await self.send_private_message(context.client_id, "bye")
                 await self.disconnect()
 
@@ -204,8 +205,8 @@ def test_async_disconnect_from_inside_a_handler(broker):
     run(main())
 
 
-def test_async_cancelling_run_forever_disconnects(broker):
-    async def main():
+def test_async_cancelling_run_forever_disconnects(broker: Broker) -> None:
+    async def main() -> None:
         client = AsyncPyStrandsClient("127.0.0.1", broker.tcp_port)
         runner = asyncio.ensure_future(client.run_forever())
         while not client.connected:

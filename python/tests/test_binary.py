@@ -5,27 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any, List
 
 from websockets.asyncio.client import connect
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT
+from conftest import TIMEOUT, Broker, Events
 from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
 
 PAYLOADS = [b"\x00\x01\x02\xff", bytes(range(256)), os.urandom(70_000), b""]
 
 
 class BinaryEcho(PyStrandsClient):
-    def __init__(self, events, **kwargs):
+    def __init__(self, events: Events, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.events = events
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         self.events.put("message", type(message), message)
         self.send_private_message(context.client_id, message)
 
 
-def test_sync_binary_round_trip_and_fanout(broker, clients, events):
+def test_sync_binary_round_trip_and_fanout(broker: Broker, clients: List[Any], events: Events) -> None:
     client = BinaryEcho(events, host="127.0.0.1", port=broker.tcp_port)
     clients.append(client)
     assert client.connect()
@@ -44,10 +45,10 @@ def test_sync_binary_round_trip_and_fanout(broker, clients, events):
         assert ws.recv(timeout=TIMEOUT) == b"all\xff"
 
 
-def test_async_and_app_binary(broker):
-    async def main():
+def test_async_and_app_binary(broker: Broker) -> None:
+    async def main() -> None:
         class AEcho(AsyncPyStrandsClient):
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 await self.send_private_message(context.client_id, message[::-1])
 
         client = AEcho("127.0.0.1", broker.tcp_port)
@@ -62,7 +63,7 @@ def test_async_and_app_binary(broker):
         app = PyStrands("127.0.0.1", broker.tcp_port)
 
         @app.on_message
-        def on_message(message, context):
+        def on_message(message: Any, context: Any) -> None:
             app.broadcast(message + b"!")
 
         assert await app.connect()

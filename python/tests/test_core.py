@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import Future
-from typing import Any, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -20,32 +20,32 @@ from pystrands.errors import ProtocolError, PyStrandsConnectionError
 class Handlers:
     """The handler object the core picks from; records connection requests."""
 
-    def __init__(self, decide=None):
+    def __init__(self, decide: Any=None) -> None:
         self.decide = decide
         self.requests: List[ConnectionRequestContext] = []
 
-    def on_connection_request(self, request):
+    def on_connection_request(self, request: Any) -> Any:
         self.requests.append(request)
         return self.decide(request) if self.decide else None
 
-    def on_new_connection(self, context):
+    def on_new_connection(self, context: Any) -> None:
         pass
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         pass
 
-    def on_disconnect(self, context):
+    def on_disconnect(self, context: Any) -> None:
         pass
 
-    def on_error(self, error, context):
+    def on_error(self, error: Any, context: Any) -> None:
         pass
 
 
-def line(action, params, request_id=""):
+def line(action: Any, params: Any, request_id: Any="") -> Any:
     return json.dumps({"action": action, "request_id": request_id, "params": params}, separators=(",", ":"))
 
 
-def feed(core, *lines):
+def feed(core: Any, *lines: Any) -> Any:
     """What the core answers to these lines arriving in one chunk."""
     return core.receive(("\n".join(lines) + "\n").encode("utf-8"))
 
@@ -60,15 +60,23 @@ REQUEST = {
 }
 
 
-def one_json(data: bytes) -> dict:
+def decoded(text: str) -> Tuple[str, Context]:
+    """What the fast path reads from a new_message line (it must read it)."""
+    result = protocol.decode_new_message(text)
+    assert result is not None
+    return result
+
+
+def one_json(data: bytes) -> Dict[str, Any]:
     assert data.endswith(b"\n") and data.count(b"\n") == 1
-    return json.loads(data)
+    value: Dict[str, Any] = json.loads(data)
+    return value
 
 
 # ---------------------------------------------------------------- events -> handler calls
 
 
-def test_client_events_become_calls_to_the_right_handler_in_order():
+def test_client_events_become_calls_to_the_right_handler_in_order() -> None:
     h = Handlers()
     core = protocol.BackendProtocol(h)
     answers = feed(
@@ -99,14 +107,14 @@ def test_client_events_become_calls_to_the_right_handler_in_order():
     assert all(isinstance(args[-1], Context) for _, args in calls)
 
 
-def test_v1_contexts_have_empty_connection_id_and_rooms():
+def test_v1_contexts_have_empty_connection_id_and_rooms() -> None:
     core = protocol.BackendProtocol(Handlers())
     feed(core, line("new_message", {"message": "m", "context": {"client_id": "c", "room_id": "r", "metadata": {}}}))
     (_, (_, ctx)), = core.events
     assert ctx == Context("c", "r", {}) and ctx.connection_id == "" and ctx.rooms == []
 
 
-def test_an_error_without_context_gives_empty_context_fields():
+def test_an_error_without_context_gives_empty_context_fields() -> None:
     h = Handlers()
     core = protocol.BackendProtocol(h)
     feed(core, '{"action":"error","request_id":null,"params":{"error":"message_to_room: missing params.room_id"}}')
@@ -115,7 +123,7 @@ def test_an_error_without_context_gives_empty_context_fields():
     assert error == "message_to_room: missing params.room_id" and ctx == Context()
 
 
-def test_bad_lines_are_logged_and_skipped_and_routing_goes_on(caplog):
+def test_bad_lines_are_logged_and_skipped_and_routing_goes_on(caplog: pytest.LogCaptureFixture) -> None:
     core = protocol.BackendProtocol(Handlers())
     with caplog.at_level(logging.ERROR, logger="pystrands"):
         feed(
@@ -130,7 +138,7 @@ def test_bad_lines_are_logged_and_skipped_and_routing_goes_on(caplog):
     assert "invalid JSON" in caplog.text and "malformed new_message" in caplog.text
 
 
-def test_lines_split_across_chunks_and_a_new_connection_forgets_a_partial_line():
+def test_lines_split_across_chunks_and_a_new_connection_forgets_a_partial_line() -> None:
     core = protocol.BackendProtocol(Handlers())
     data = (line("new_message", {"message": "whole", "context": CTX11}) + "\n").encode()
     core.receive(data[:10])
@@ -144,7 +152,7 @@ def test_lines_split_across_chunks_and_a_new_connection_forgets_a_partial_line()
     assert [args[0] for _, args in core.events] == ["whole", "whole"]
 
 
-def test_receive_from_a_reused_buffer():
+def test_receive_from_a_reused_buffer() -> None:
     core = protocol.BackendProtocol(Handlers())
     data = (line("new_message", {"message": "x", "context": CTX11}) + "\n").encode()
     buf = bytearray(1024)
@@ -156,8 +164,8 @@ def test_receive_from_a_reused_buffer():
 # ---------------------------------------------------------------- connection requests -> answers
 
 
-def test_a_connection_request_is_answered_with_the_assigned_context():
-    def assign(request):
+def test_a_connection_request_is_answered_with_the_assigned_context() -> None:
+    def assign(request: Any) -> None:
         request.context.client_id = "ada"
         request.context.room_id = "lobby"
         request.context.metadata = {"role": "admin"}
@@ -189,7 +197,7 @@ def test_a_connection_request_is_answered_with_the_assigned_context():
     assert not core.events
 
 
-def test_reject_with_status_and_reason():
+def test_reject_with_status_and_reason() -> None:
     h = Handlers(lambda r: r.reject(401, "bad token"))
     answers = feed(protocol.BackendProtocol(h), line("connection_request", REQUEST, "5"))
     params = one_json(answers[0])["params"]
@@ -198,14 +206,14 @@ def test_reject_with_status_and_reason():
     assert "subprotocol" not in params and "rooms" not in params
 
 
-def test_a_plain_rejection_leaves_the_status_to_the_broker():
+def test_a_plain_rejection_leaves_the_status_to_the_broker() -> None:
     h = Handlers(lambda r: False)
     params = one_json(feed(protocol.BackendProtocol(h), line("connection_request", REQUEST, "5"))[0])["params"]
     assert params["accepted"] is False and "status" not in params and "reason" not in params
 
 
-def test_accepting_after_reject_sends_no_status():
-    def undecided(request):
+def test_accepting_after_reject_sends_no_status() -> None:
+    def undecided(request: Any) -> Any:
         request.reject(404, "gone")
         request.join("x")
         return True  # a returned bool wins
@@ -214,11 +222,11 @@ def test_accepting_after_reject_sends_no_status():
     assert params["accepted"] is True and params["rooms"] == ["x"] and "status" not in params
 
 
-def test_a_failing_handler_or_invalid_assignment_refuses_and_logs(caplog):
-    def boom(request):
+def test_a_failing_handler_or_invalid_assignment_refuses_and_logs(caplog: pytest.LogCaptureFixture) -> None:
+    def boom(request: Any) -> None:
         raise RuntimeError("db down")
 
-    def bad_room(request):
+    def bad_room(request: Any) -> None:
         request.rooms.append(42)
 
     for decide in (boom, bad_room):
@@ -231,11 +239,11 @@ def test_a_failing_handler_or_invalid_assignment_refuses_and_logs(caplog):
         assert any(r.exc_info for r in caplog.records if "on_connection_request failed" in r.getMessage())
 
 
-def test_an_awaitable_decision_is_deferred():
+def test_an_awaitable_decision_is_deferred() -> None:
     deferred = []
 
     class Pending:
-        def __await__(self):
+        def __await__(self) -> Any:
             return iter(())
 
     pending = Pending()
@@ -246,13 +254,13 @@ def test_an_awaitable_decision_is_deferred():
     assert one_json(core.decision(request_id, request, False))["params"]["accepted"] is False
 
 
-def test_events_are_queued_before_connection_requests_are_answered():
+def test_events_are_queued_before_connection_requests_are_answered() -> None:
     """A request handler that reads more (a nested wait for a reply) must find
     the chunk's events already queued, so the new ones queue behind them."""
-    seen = []
-    core = None
+    seen: List[List[Any]] = []
+    core: Any = None
 
-    def decide(request):
+    def decide(request: Any) -> None:
         seen.append([args[0] for _, args in core.events])
         feed(core, line("new_message", {"message": "later", "context": CTX11}))
 
@@ -270,13 +278,13 @@ def test_events_are_queued_before_connection_requests_are_answered():
 # ---------------------------------------------------------------- replies -> waiters
 
 
-def ask(core, outgoing):
-    waiter: Future = Future()
+def ask(core: Any, outgoing: Any) -> Any:
+    waiter: "Future[Any]" = Future()
     core.expect(outgoing, waiter)
     return waiter
 
 
-def test_replies_settle_their_requests_by_request_id():
+def test_replies_settle_their_requests_by_request_id() -> None:
     core = protocol.BackendProtocol(Handlers())
     ack = ask(core, core.command("broadcast", {"message": "x"}, ack=True))
     members = ask(core, core.request("presence", {"room_id": "lobby"}, "presence"))
@@ -305,7 +313,7 @@ def test_replies_settle_their_requests_by_request_id():
     assert core.waiting == 0 and not core.events  # replies are not events
 
 
-def test_an_error_reply_fails_the_request_with_the_brokers_message():
+def test_an_error_reply_fails_the_request_with_the_brokers_message() -> None:
     h = Handlers()
     core = protocol.BackendProtocol(h)
     waiter = ask(core, core.command("join_room", {"client_id": "a", "room_id": "r"}, ack=True))
@@ -318,7 +326,7 @@ def test_an_error_reply_fails_the_request_with_the_brokers_message():
     assert not core.events  # not also an on_error call
 
 
-def test_an_error_for_no_pending_request_goes_to_on_error():
+def test_an_error_for_no_pending_request_goes_to_on_error() -> None:
     h = Handlers()
     core = protocol.BackendProtocol(h)
     feed(core, line("error", {"error": "unknown action 'x'"}, "77"))
@@ -326,7 +334,7 @@ def test_an_error_for_no_pending_request_goes_to_on_error():
     assert handler == h.on_error and error == "unknown action 'x'"
 
 
-def test_a_late_reply_is_dropped():
+def test_a_late_reply_is_dropped() -> None:
     core = protocol.BackendProtocol(Handlers())
     request = core.request("presence", {"room_id": "r"}, "presence")
     waiter = ask(core, request)
@@ -344,7 +352,7 @@ def test_a_late_reply_is_dropped():
         line("ack", {"connections": -1}, "1"),
     ],
 )
-def test_a_malformed_reply_fails_the_request_with_protocol_error(reply):
+def test_a_malformed_reply_fails_the_request_with_protocol_error(reply: Any) -> None:
     core = protocol.BackendProtocol(Handlers())
     waiter = ask(core, core.command("broadcast", {"message": "x"}, ack=True))
     feed(core, reply)
@@ -356,7 +364,7 @@ def test_a_malformed_reply_fails_the_request_with_protocol_error(reply):
     "clients",
     [None, [{"metadata": {}, "connections": []}], [{"client_id": "a", "connections": "c1"}], ["a"]],
 )
-def test_a_malformed_presence_reply_fails(clients):
+def test_a_malformed_presence_reply_fails(clients: List[Any]) -> None:
     core = protocol.BackendProtocol(Handlers())
     waiter = ask(core, core.request("presence", {"room_id": "r"}, "presence"))
     feed(core, line("presence", {"room_id": "r", "clients": clients}, "1"))
@@ -364,7 +372,7 @@ def test_a_malformed_presence_reply_fails(clients):
         waiter.result(0)
 
 
-def test_a_lost_connection_fails_every_waiting_request():
+def test_a_lost_connection_fails_every_waiting_request() -> None:
     core = protocol.BackendProtocol(Handlers())
     a = ask(core, core.request("presence", {"room_id": "r"}, "presence"))
     b = ask(core, core.command("leave_room", {"client_id": "x", "room_id": "r"}, ack=True))
@@ -375,7 +383,7 @@ def test_a_lost_connection_fails_every_waiting_request():
     assert core.waiting == 0
 
 
-def test_a_publisher_core_settles_replies_and_drops_events(caplog):
+def test_a_publisher_core_settles_replies_and_drops_events(caplog: pytest.LogCaptureFixture) -> None:
     core = protocol.BackendProtocol(None)
     waiter = ask(core, core.request("presence_stats", {"room_id": "r"}, "presence_stats"))
     with caplog.at_level(logging.WARNING, logger="pystrands"):
@@ -399,19 +407,19 @@ def test_a_publisher_core_settles_replies_and_drops_events(caplog):
 class Lines(Commands[Any, Any, Any]):
     """The command mixin with an _issue that returns what would be written."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._core = protocol.BackendProtocol(None)
 
-    def _issue(self, outgoing):
+    def _issue(self, outgoing: Any) -> Any:
         return outgoing
 
 
-def wire(outgoing):
+def wire(outgoing: Any) -> Any:
     data = outgoing if isinstance(outgoing, bytes) else outgoing.line
     return one_json(data)
 
 
-def test_v1_sends_are_unchanged_on_the_wire():
+def test_v1_sends_are_unchanged_on_the_wire() -> None:
     c = Lines()
     assert c.broadcast_message("hi") == protocol.encode_broadcast("hi", "1")
     assert c.send_room_message("r", "hi") == protocol.encode_room_message("r", "hi", "2")
@@ -419,9 +427,9 @@ def test_v1_sends_are_unchanged_on_the_wire():
     assert c.send_room_message("r", b"\x00") == protocol.encode_room_message("r", b"\x00", "4")
 
 
-def test_every_command_on_the_wire():
+def test_every_command_on_the_wire() -> None:
     c = Lines()
-    cases = [
+    cases: List[Tuple[Any, str, Dict[str, Any]]] = [
         (c.broadcast_message("hi", ack=True), "broadcast", {"message": "hi", "ack": True}),
         (
             c.send_room_message("r", "hi", exclude=["c1", "c2"]),
@@ -480,7 +488,7 @@ def test_every_command_on_the_wire():
     assert len(ids) == len(cases)  # every line has its own request id
 
 
-def test_an_empty_exclude_keeps_the_v1_line():
+def test_an_empty_exclude_keeps_the_v1_line() -> None:
     c = Lines()
     assert b"exclude" not in c.send_room_message("r", "hi", exclude=[])
 
@@ -517,17 +525,17 @@ REASON_123 = "é" * 61 + "x"  # 123 bytes of UTF-8
         (lambda c: c.presence_stats(3), TypeError, "room_id must be a str"),
     ],
 )
-def test_arguments_are_checked_before_anything_is_sent(call, error, match):
+def test_arguments_are_checked_before_anything_is_sent(call: Any, error: Any, match: Any) -> None:
     with pytest.raises(error, match=match):
         call(Lines())
 
 
-def test_a_close_reason_of_123_bytes_is_allowed():
+def test_a_close_reason_of_123_bytes_is_allowed() -> None:
     assert len(REASON_123.encode()) == 123
     assert wire(Lines().disconnect_client(client_id="u", code=3000, reason=REASON_123))["params"]["reason"] == REASON_123
 
 
-def test_auth_lines():
+def test_auth_lines() -> None:
     assert protocol.encode_auth(None, events=False) == (
         b'{"action":"auth","request_id":"","params":{"events":false}}\n'
     )
@@ -540,7 +548,7 @@ def test_auth_lines():
 # ---------------------------------------------------------------- the request and context models
 
 
-def test_subprotocols_and_selecting_one():
+def test_subprotocols_and_selecting_one() -> None:
     request = protocol.connection_request_from_params(REQUEST)
     assert request.subprotocol is None
     request.select_subprotocol("x")
@@ -553,36 +561,37 @@ def test_subprotocols_and_selecting_one():
 
 
 @pytest.mark.parametrize("status", [399, 500, 200, "401", 401.0, True])
-def test_reject_takes_a_4xx_status_only(status):
+def test_reject_takes_a_4xx_status_only(status: Any) -> None:
     request = ConnectionRequestContext()
     with pytest.raises(ValueError, match="400 to 499"):
         request.reject(status)
     assert request.accepted is True and request.status is None
 
 
-def test_reject_defaults_and_return_value():
+def test_reject_defaults_and_return_value() -> None:
     request = ConnectionRequestContext()
-    assert request.reject() is None  # `return request.reject()` means: use request.accepted
+    # `return request.reject()` means: use request.accepted
+    assert request.reject() is None  # type: ignore[func-returns-value]
     assert (request.accepted, request.status, request.reason) == (False, 403, "")
     with pytest.raises(TypeError):
-        request.reject(401, b"bytes")
+        request.reject(401, b"bytes")  # type: ignore[arg-type]
 
 
-def test_request_without_query_has_empty_params():
+def test_request_without_query_has_empty_params() -> None:
     request = protocol.connection_request_from_params({"url": "/x"})
     assert request.query == "" and request.query_params == {} and request.connection_id == ""
 
 
-def test_join_checks_types_and_skips_duplicates():
+def test_join_checks_types_and_skips_duplicates() -> None:
     request = ConnectionRequestContext()
     request.join("a", "b")
     request.join("a")
     assert request.rooms == ["a", "b"]
     with pytest.raises(TypeError):
-        request.join(1)
+        request.join(1)  # type: ignore[arg-type]
 
 
-def test_context_v11_fields_repr_equality_and_json():
+def test_context_v11_fields_repr_equality_and_json() -> None:
     ctx = Context("c", "r", {"a": 1}, "c7", ["r", "x"])
     assert repr(ctx) == "Context(client_id='c', room_id='r', metadata={'a': 1}, connection_id='c7', rooms=['r', 'x'])"
     assert ctx != Context("c", "r", {"a": 1}, "c8", ["r", "x"])
@@ -591,17 +600,17 @@ def test_context_v11_fields_repr_equality_and_json():
     assert Context("c", "r").to_json() == {"client_id": "c", "room_id": "r", "metadata": {}}
 
 
-def test_fast_path_reads_v11_contexts_with_fresh_room_lists():
+def test_fast_path_reads_v11_contexts_with_fresh_room_lists() -> None:
     text = line("new_message", {"message": "m", "context": CTX11})
     for _ in range(2):  # cold, then from the cache
-        message, ctx = protocol.decode_new_message(text)
+        message, ctx = decoded(text)
         assert ctx == Context("ada", "lobby", {}, "c7", ["lobby", "ops"])
         ctx.rooms.append("mutated")
     bad = line("new_message", {"message": "m", "context": dict(CTX11, rooms=[1])})
     assert protocol.decode_new_message(bad) is None
 
 
-def test_request_model_round_trip():
+def test_request_model_round_trip() -> None:
     request = protocol.connection_request_from_params(REQUEST)
     request.join("ops")
     assert ConnectionRequestContext.from_json(request.to_json()) == request

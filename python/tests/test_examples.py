@@ -6,16 +6,17 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import PACKAGE_PARENT, REPO, TIMEOUT, http_status_of
+from conftest import PACKAGE_PARENT, REPO, TIMEOUT, Broker, http_status_of
 
 EXAMPLES = REPO / "examples"
 
 
-def start_example(name, broker, *args):
+def start_example(name: Any, broker: Broker, *args: Any) -> Any:
     env = dict(os.environ)
     env["PYTHONPATH"] = PACKAGE_PARENT + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONUNBUFFERED"] = "1"  # its prints are asserted on
@@ -25,7 +26,7 @@ def start_example(name, broker, *args):
     )
 
 
-def connect_when_backend_is_up(url, proc, **kwargs):
+def connect_when_backend_is_up(url: str, proc: Any, **kwargs: Any) -> Any:
     """The broker answers 503 until a backend is connected: retry until it is."""
     deadline = time.monotonic() + TIMEOUT
     while True:
@@ -37,7 +38,7 @@ def connect_when_backend_is_up(url, proc, **kwargs):
             time.sleep(0.05)
 
 
-def stop(proc):
+def stop(proc: Any) -> Any:
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -49,7 +50,7 @@ def stop(proc):
 
 
 @pytest.mark.parametrize("flags", [[], ["--async"]], ids=["sync", "async"])
-def test_echo_backend(broker, flags):
+def test_echo_backend(broker: Broker, flags: Any) -> None:
     proc = start_example("echo_backend.py", broker, *flags)
     try:
         with connect_when_backend_is_up(broker.ws_url("/echo"), proc) as ws:
@@ -60,7 +61,7 @@ def test_echo_backend(broker, flags):
         stop(proc)
 
 
-def test_readme_client_welcomes_by_name(broker):
+def test_readme_client_welcomes_by_name(broker: Broker) -> None:
     proc = start_example("readme_client.py", broker)
     try:
         with connect_when_backend_is_up(broker.ws_url("/ws/room1"), proc) as ws:
@@ -71,7 +72,7 @@ def test_readme_client_welcomes_by_name(broker):
     assert "Connected to new_client_id in room new_room" in out, out
 
 
-def test_chat_app(broker):
+def test_chat_app(broker: Broker) -> None:
     proc = start_example("chat_app.py", broker)
     try:
         with connect_when_backend_is_up(broker.ws_url("/chat/r1"), proc,
@@ -92,7 +93,7 @@ def test_chat_app(broker):
 
 
 @pytest.mark.parametrize("flags", [[], ["--async"]], ids=["sync", "async"])
-def test_ctrl_c_stops_a_backend_cleanly(broker, flags):
+def test_ctrl_c_stops_a_backend_cleanly(broker: Broker, flags: Any) -> None:
     import signal
 
     proc = start_example("echo_backend.py", broker, *flags)

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from conftest import TIMEOUT, next_frames, open_tab
+from conftest import TIMEOUT, Broker, Events, TabBackend, next_frames, open_tab
 from pystrands import PyStrands
 
 
-def close_of(ws):
+def close_of(ws: Any) -> Any:
     """The close frame a WebSocket received (its next recv() ends the connection)."""
     with pytest.raises(ConnectionClosed) as info:
         ws.recv(timeout=TIMEOUT)
@@ -22,7 +23,7 @@ def close_of(ws):
     return info.value.rcvd.code, info.value.rcvd.reason
 
 
-def test_kick_one_tab_with_code_and_reason(broker, tab_backend, events):
+def test_kick_one_tab_with_code_and_reason(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         a1, ca1 = open_tab(stack, broker, events, "/lobby", "ada")
         a2, _ = open_tab(stack, broker, events, "/lobby", "ada")
@@ -34,7 +35,7 @@ def test_kick_one_tab_with_code_and_reason(broker, tab_backend, events):
         assert next_frames(a2, 1) == ["the other tab stays"]
 
 
-def test_kick_every_tab_of_a_client_default_code(broker, tab_backend, events):
+def test_kick_every_tab_of_a_client_default_code(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         a1, ca1 = open_tab(stack, broker, events, "/lobby", "ada")
         a2, ca2 = open_tab(stack, broker, events, "/lobby", "ada")
@@ -52,22 +53,22 @@ def test_kick_every_tab_of_a_client_default_code(broker, tab_backend, events):
     "code, reason",
     [(3000, "x"), (4999, "é" * 61 + "x"), (1000, "bye 👋")],  # the second: 123 bytes of UTF-8
 )
-def test_codes_and_unicode_reasons_arrive_intact(broker, tab_backend, events, code, reason):
+def test_codes_and_unicode_reasons_arrive_intact(broker: Broker, tab_backend: TabBackend, events: Events, code: Any, reason: Any) -> None:
     with ExitStack() as stack:
         ws, ctx = open_tab(stack, broker, events, "/lobby", "ada")
         assert tab_backend.disconnect_client(connection_id=ctx.connection_id, code=code, reason=reason, ack=True) == 1
         assert close_of(ws) == (code, reason)
 
 
-def test_kick_from_the_app(broker, events):
-    async def main():
+def test_kick_from_the_app(broker: Broker, events: Events) -> None:
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
         app = PyStrands("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
-        joined: "asyncio.Queue" = asyncio.Queue()
+        joined: "asyncio.Queue[Any]" = asyncio.Queue()
 
         @app.on_new_connection
-        def remember(context):
+        def remember(context: Any) -> None:
             joined.put_nowait(context)
 
         assert await app.connect()
@@ -77,7 +78,8 @@ def test_kick_from_the_app(broker, events):
                 await app.disconnect_client(client_id=ctx.client_id, code=4403, reason="banned")
                 with pytest.raises(ConnectionClosed) as info:
                     await asyncio.wait_for(ws.recv(), TIMEOUT)
-                assert (info.value.rcvd.code, info.value.rcvd.reason) == (4403, "banned")
+                close = info.value.rcvd
+                assert close is not None and (close.code, close.reason) == (4403, "banned")
         finally:
             await app.disconnect()
 

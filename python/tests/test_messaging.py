@@ -4,66 +4,67 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from typing import Any, List
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT
+from conftest import TIMEOUT, Broker, Events
 from pystrands import PyStrandsClient
 
 
 class Router(PyStrandsClient):
     """Assigns client_id and room from the path /<room>/<client_id>; echoes."""
 
-    def __init__(self, events, **kwargs):
+    def __init__(self, events: Events, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.events = events
 
-    def on_connection_request(self, request):
+    def on_connection_request(self, request: Any) -> None:
         _, room, client_id = request.url.split("/")
         request.context.room_id = room
         request.context.client_id = client_id
 
-    def on_connect(self, context):
+    def on_connect(self, context: Any) -> None:
         self.events.put("connected", context)
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         self.events.put("message", message, context)
         if message.startswith("echo:"):
             self.send_private_message(context.client_id, message[5:])
 
-    def on_disconnect(self, context):
+    def on_disconnect(self, context: Any) -> None:
         self.events.put("disconnected", context)
 
 
 @pytest.fixture
-def stack():
+def stack() -> Any:
     with contextlib.ExitStack() as s:
         yield s
 
 
 @pytest.fixture
-def router(broker, clients, events):
+def router(broker: Broker, clients: List[Any], events: Events) -> Any:
     client = Router(events, host="127.0.0.1", port=broker.tcp_port)
     clients.append(client)
     assert client.connect()
     return client
 
 
-def join(stack, broker, events, room, client_id):
+def join(stack: Any, broker: Broker, events: Events, room: Any, client_id: Any) -> Any:
     ws = stack.enter_context(ws_connect(broker.ws_url(f"/{room}/{client_id}"), open_timeout=TIMEOUT))
     _, context = events.get("connected")
     assert (context.room_id, context.client_id) == (room, client_id)
     return ws
 
 
-def nothing_more(ws, marker_sender, marker):
+def nothing_more(ws: Any, marker_sender: Any, marker: Any) -> None:
     """Assert ``ws`` receives nothing before a marker sent after the tested messages."""
     marker_sender(marker)
     assert ws.recv(timeout=TIMEOUT) == marker
 
 
-def test_room_messages_reach_members_only(broker, events, router, stack):
+def test_room_messages_reach_members_only(broker: Broker, events: Events, router: Any, stack: Any) -> None:
     a1 = join(stack, broker, events, "a", "u1")
     a2 = join(stack, broker, events, "a", "u2")
     b1 = join(stack, broker, events, "b", "u3")
@@ -76,7 +77,7 @@ def test_room_messages_reach_members_only(broker, events, router, stack):
     nothing_more(a1, lambda m: router.send_private_message("u1", m), "marker-a1")
 
 
-def test_private_message_reaches_every_connection_of_the_client(broker, events, router, stack):
+def test_private_message_reaches_every_connection_of_the_client(broker: Broker, events: Events, router: Any, stack: Any) -> None:
     tab1 = join(stack, broker, events, "r", "same")
     tab2 = join(stack, broker, events, "r", "same")
     other = join(stack, broker, events, "r", "other")
@@ -86,7 +87,7 @@ def test_private_message_reaches_every_connection_of_the_client(broker, events, 
     nothing_more(other, lambda m: router.send_private_message("other", m), "marker-other")
 
 
-def test_broadcast_reaches_everyone(broker, events, router, stack):
+def test_broadcast_reaches_everyone(broker: Broker, events: Events, router: Any, stack: Any) -> None:
     conns = [join(stack, broker, events, room, f"c{i}") for i, room in enumerate(["x", "y", "z"])]
     router.broadcast_message("all hands")
     for ws in conns:
@@ -104,7 +105,7 @@ UNICODE = [
 ]
 
 
-def test_unicode_round_trip(broker, events, router, stack):
+def test_unicode_round_trip(broker: Broker, events: Events, router: Any, stack: Any) -> None:
     ws = join(stack, broker, events, "u", "uni")
     for text in UNICODE:
         ws.send("echo:" + text)
@@ -115,7 +116,7 @@ def test_unicode_round_trip(broker, events, router, stack):
     assert ws.recv(timeout=TIMEOUT) == "".join(UNICODE)
 
 
-def test_message_context_and_disconnect_event(broker, events, router, stack):
+def test_message_context_and_disconnect_event(broker: Broker, events: Events, router: Any, stack: Any) -> None:
     ws = join(stack, broker, events, "room9", "id9")
     ws.send("hello")
     _, message, context = events.get("message")
@@ -127,12 +128,12 @@ def test_message_context_and_disconnect_event(broker, events, router, stack):
     assert (gone.client_id, gone.room_id) == ("id9", "room9")
 
 
-def test_sends_are_safe_from_many_threads(broker, events, router, stack):
+def test_sends_are_safe_from_many_threads(broker: Broker, events: Events, router: Any, stack: Any) -> None:
     ws = join(stack, broker, events, "t", "threads")
     per_thread = 500
     barrier = threading.Barrier(4)
 
-    def blast(n):
+    def blast(n: Any) -> None:
         barrier.wait()
         for i in range(per_thread):
             router.send_private_message("threads", f"{n}:{i}")

@@ -4,32 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any, List
 
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT
+from conftest import TIMEOUT, Broker, Events
 from pystrands import AsyncPyStrandsClient, PyStrandsClient
 
 N = 10_000
 
 
 class Echo(PyStrandsClient):
-    def __init__(self, events, **kwargs):
+    def __init__(self, events: Events, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.events = events
-        self.seen = []
+        self.seen: List[str] = []
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         self.seen.append(message)
         self.send_private_message(context.client_id, message)
         if len(self.seen) == N:
             self.events.put("all-seen")
 
 
-def _pipelined_echo(url):
+def _pipelined_echo(url: str) -> Any:
     """Send N numbered messages from one thread while reading echoes on another."""
     with ws_connect(url, open_timeout=TIMEOUT) as ws:
-        def sender():
+        def sender() -> None:
             for i in range(N):
                 ws.send(str(i))
 
@@ -40,7 +41,7 @@ def _pipelined_echo(url):
     return got
 
 
-def test_sync_10000_echoes_in_order(broker, clients, events):
+def test_sync_10000_echoes_in_order(broker: Broker, clients: List[Any], events: Events) -> None:
     client = Echo(events, host="127.0.0.1", port=broker.tcp_port)
     clients.append(client)
     assert client.connect()
@@ -50,12 +51,12 @@ def test_sync_10000_echoes_in_order(broker, clients, events):
     assert got == [str(i) for i in range(N)]
 
 
-def test_sync_10000_room_messages_in_order(broker, clients, events):
+def test_sync_10000_room_messages_in_order(broker: Broker, clients: List[Any], events: Events) -> None:
     client = PyStrandsClient("127.0.0.1", broker.tcp_port)
     clients.append(client)
     assert client.connect()
     with ws_connect(broker.ws_url("/room"), open_timeout=TIMEOUT) as ws:
-        def sender():
+        def sender() -> None:
             for i in range(N):
                 client.send_room_message("/room", f"m{i}")
 
@@ -66,12 +67,12 @@ def test_sync_10000_room_messages_in_order(broker, clients, events):
     assert got == [f"m{i}" for i in range(N)]
 
 
-def test_async_10000_echoes_in_order(broker):
-    async def main():
+def test_async_10000_echoes_in_order(broker: Broker) -> None:
+    async def main() -> None:
         seen = []
 
         class AEcho(AsyncPyStrandsClient):
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 seen.append(message)
                 await self.send_private_message(context.client_id, message)
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import ExitStack
+from typing import Any
 
-from conftest import TIMEOUT, next_frames, open_tab
+from conftest import TIMEOUT, Broker, Events, TabBackend, next_frames, open_tab
 from pystrands import AsyncPyStrandsClient, PresenceEntry, PresenceStats, PyStrands
 
 
-def snapshot(entries):
+def snapshot(entries: Any) -> Any:
     """Presence as {client_id: (metadata, sorted connection ids)}: the order
     of entries and of connections is not part of the contract."""
     assert all(isinstance(e, PresenceEntry) for e in entries)
@@ -18,7 +19,7 @@ def snapshot(entries):
     return {e.client_id: (e.metadata, sorted(e.connections)) for e in entries}
 
 
-def test_presence_is_exact_after_joins_leaves_and_disconnects(broker, tab_backend, events):
+def test_presence_is_exact_after_joins_leaves_and_disconnects(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     b = tab_backend
     assert b.presence("lobby") == []
     assert b.presence_stats("lobby") == PresenceStats(clients=0, connections=0)
@@ -54,7 +55,7 @@ def test_presence_is_exact_after_joins_leaves_and_disconnects(broker, tab_backen
         assert b.presence("lobby") == [] and b.presence_stats("kitchen") == (0, 0)
 
 
-def test_presence_from_inside_a_sync_handler(broker, tab_backend, events):
+def test_presence_from_inside_a_sync_handler(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     """TabBackend answers "who?" with presence(), called inside on_message."""
     tab_backend.takeover_after = 3600.0  # no watchdog: the handler's own reading must do
     with ExitStack() as stack:
@@ -65,22 +66,22 @@ def test_presence_from_inside_a_sync_handler(broker, tab_backend, events):
         assert next_frames(ws, 1) == ["here:ada,bob"]
 
 
-def test_presence_from_the_asyncio_client_and_the_app(broker):
-    async def main():
+def test_presence_from_the_asyncio_client_and_the_app(broker: Broker) -> None:
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
         connections = {}
 
         class Backend(AsyncPyStrandsClient):
-            async def on_connection_request(self, request):
+            async def on_connection_request(self, request: Any) -> None:
                 request.context.client_id = request.header("X-User") or "anon"
                 request.context.metadata = {"user": request.context.client_id}
                 request.context.room_id = "lobby"
 
-            async def on_new_connection(self, context):
+            async def on_new_connection(self, context: Any) -> None:
                 connections[context.client_id] = context.connection_id
 
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 entries = await self.presence(context.room_id)  # awaited inside a handler
                 await self.send_connection_message(context.connection_id, str(len(entries)))
 
@@ -108,7 +109,7 @@ def test_presence_from_the_asyncio_client_and_the_app(broker):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_presence_counts_one_client_with_many_tabs_once(broker, tab_backend, events):
+def test_presence_counts_one_client_with_many_tabs_once(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         ids = [open_tab(stack, broker, events, "/lobby", "ada")[1].connection_id for _ in range(4)]
         (entry,) = tab_backend.presence("lobby")

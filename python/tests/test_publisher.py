@@ -9,11 +9,12 @@ import asyncio
 import logging
 import threading
 from contextlib import ExitStack
+from typing import Any, Callable, List
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, http_status_of, next_frames, open_tab, wait_for
+from conftest import TIMEOUT, Broker, Events, TabBackend, http_status_of, next_frames, open_tab, wait_for
 from pystrands import AsyncPublisher, PresenceStats, Publisher
 
 #: The broker waits this long for a backend's answer: longer than a WebSocket
@@ -22,7 +23,7 @@ from pystrands import AsyncPublisher, PresenceStats, Publisher
 SLOW_ANSWER = 3 * TIMEOUT
 
 
-def refused_status(url):
+def refused_status(url: str) -> Any:
     with pytest.raises(Exception) as info:
         with ws_connect(url, open_timeout=TIMEOUT):
             pass
@@ -31,7 +32,7 @@ def refused_status(url):
     return status
 
 
-def test_a_publisher_does_not_keep_503s_away(broker_factory):
+def test_a_publisher_does_not_keep_503s_away(broker_factory: Callable[..., Broker]) -> None:
     broker = broker_factory(connect_timeout=SLOW_ANSWER)
     with Publisher("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT) as publisher:
         publisher.connect()
@@ -39,10 +40,10 @@ def test_a_publisher_does_not_keep_503s_away(broker_factory):
         assert refused_status(broker.ws_url("/lobby")) == 503
 
 
-def test_an_async_publisher_does_not_keep_503s_away(broker_factory):
+def test_an_async_publisher_does_not_keep_503s_away(broker_factory: Callable[..., Broker]) -> None:
     broker = broker_factory(connect_timeout=SLOW_ANSWER)
 
-    async def main():
+    async def main() -> None:
         async with AsyncPublisher("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT) as publisher:
             assert await publisher.presence("lobby") == []
             status = await asyncio.get_running_loop().run_in_executor(None, refused_status, broker.ws_url("/"))
@@ -51,7 +52,7 @@ def test_an_async_publisher_does_not_keep_503s_away(broker_factory):
     asyncio.run(asyncio.wait_for(main(), 60))
 
 
-def test_a_publisher_gets_no_events(broker_factory, clients, events, caplog):
+def test_a_publisher_gets_no_events(broker_factory: Callable[..., Broker], clients: List[Any], events: Events, caplog: pytest.LogCaptureFixture) -> None:
     from conftest import TabBackend
 
     broker = broker_factory(connect_timeout=SLOW_ANSWER)
@@ -74,7 +75,7 @@ def test_a_publisher_gets_no_events(broker_factory, clients, events, caplog):
         assert "publisher" not in caplog.text
 
 
-def test_publisher_sends_every_command(broker, tab_backend, events):
+def test_publisher_sends_every_command(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with Publisher("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT) as p, ExitStack() as stack:
         a1, ca1 = open_tab(stack, broker, events, "/lobby", "ada")
         a2, ca2 = open_tab(stack, broker, events, "/lobby", "ada")
@@ -97,18 +98,21 @@ def test_publisher_sends_every_command(broker, tab_backend, events):
         assert events.get("disconnected")[1].connection_id == ca1.connection_id
 
 
-def test_a_publisher_is_thread_safe(broker, tab_backend, events):
+def test_a_publisher_is_thread_safe(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     threads, per_thread = 8, 25
     with Publisher("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT) as p, ExitStack() as stack:
         ws, _ = open_tab(stack, broker, events, "/lobby", "ada")
-        counts, errors = [], []
+        counts: List[int] = []
+        errors: List[Exception] = []
 
-        def publish(t):
+        def publish(t: Any) -> None:
             n = 0
             try:
                 for i in range(per_thread):
                     p.send_room_message("lobby", f"{t}:{i}")
-                    n += p.send_private_message("ada", f"{t}:{i}!", ack=True)
+                    reached = p.send_private_message("ada", f"{t}:{i}!", ack=True)
+                    assert reached is not None
+                    n += reached
             except Exception as exc:  # asserted below
                 errors.append(exc)
             counts.append(n)
@@ -125,7 +129,7 @@ def test_a_publisher_is_thread_safe(broker, tab_backend, events):
             assert mine == [x for i in range(per_thread) for x in (f"{t}:{i}", f"{t}:{i}!")]
 
 
-def test_a_publisher_reconnects_after_the_broker_restarts(broker, clients, events):
+def test_a_publisher_reconnects_after_the_broker_restarts(broker: Broker, clients: List[Any], events: Events) -> None:
     from conftest import TabBackend
 
     backend = TabBackend(events, "127.0.0.1", broker.tcp_port, reconnect_delay=0.05, reply_timeout=TIMEOUT)
@@ -143,7 +147,7 @@ def test_a_publisher_reconnects_after_the_broker_restarts(broker, clients, event
         assert p.connected
 
 
-def test_a_publisher_with_the_backend_token(broker_factory, clients, events):
+def test_a_publisher_with_the_backend_token(broker_factory: Callable[..., Broker], clients: List[Any], events: Events) -> None:
     from conftest import TabBackend
 
     broker = broker_factory(extra_args=["--backend-token", "s3cret"])
@@ -156,11 +160,11 @@ def test_a_publisher_with_the_backend_token(broker_factory, clients, events):
         assert next_frames(ws, 1) == ["authenticated"]
 
 
-def test_async_publisher_sends_and_asks(broker, tab_backend, events):
+def test_async_publisher_sends_and_asks(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         ws, ctx = open_tab(stack, broker, events, "/lobby", "ada")
 
-        async def main():
+        async def main() -> None:
             async with AsyncPublisher("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT) as p:
                 await p.send_room_message("lobby", "one")
                 assert await p.send_connection_message(ctx.connection_id, "two", ack=True) == 1

@@ -6,22 +6,24 @@ headers on a WebSocket, so a token in the query string is how they sign in."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any, List
 
 import pytest
 from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
-from conftest import TIMEOUT
+from conftest import TIMEOUT, Broker, Events
 from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
 
 
 class QueryAuth(PyStrandsClient):
     """Admits ?token=good; anything else: 401 with a reason."""
 
-    def __init__(self, events, *args, **kwargs):
+    def __init__(self, events: Events, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.events = events
 
-    def on_connection_request(self, request):
+    def on_connection_request(self, request: Any) -> Any:
         self.events.put("request", request)
         if request.query_params.get("token") != ["good"]:
             return request.reject(401, "bad token")
@@ -30,18 +32,18 @@ class QueryAuth(PyStrandsClient):
         request.context.client_id = request.query_params.get("user", ["anon"])[0]
         return True
 
-    def on_new_connection(self, context):
+    def on_new_connection(self, context: Any) -> None:
         self.events.put("connected", context)
 
 
-def start(broker, clients, events):
+def start(broker: Broker, clients: List[Any], events: Events) -> Any:
     client = QueryAuth(events, "127.0.0.1", broker.tcp_port)
     clients.append(client)
     assert client.connect()
     return client
 
 
-def refusal(url, **kwargs):
+def refusal(url: str, **kwargs: Any) -> Any:
     """(status, body) of a refused WebSocket handshake."""
     with pytest.raises(Exception) as info:
         with ws_connect(url, open_timeout=TIMEOUT, **kwargs):
@@ -51,7 +53,7 @@ def refusal(url, **kwargs):
     return response.status_code, response.body
 
 
-def test_query_string_round_trip(broker, clients, events):
+def test_query_string_round_trip(broker: Broker, clients: List[Any], events: Events) -> None:
     start(broker, clients, events)
     with ws_connect(broker.ws_url("/ws/lobby?token=good&user=ada&tag=a&tag=b%20c"), open_timeout=TIMEOUT):
         _, request = events.get("request")
@@ -63,19 +65,19 @@ def test_query_string_round_trip(broker, clients, events):
     assert request.connection_id and request.connection_id == context.connection_id
 
 
-def test_no_query_string(broker, clients, events):
+def test_no_query_string(broker: Broker, clients: List[Any], events: Events) -> None:
     start(broker, clients, events)
     assert refusal(broker.ws_url("/ws/lobby")) == (401, b"bad token")
     _, request = events.get("request")
     assert request.query == "" and request.query_params == {}
 
 
-def test_custom_reject_status_and_body(broker, clients, events):
+def test_custom_reject_status_and_body(broker: Broker, clients: List[Any], events: Events) -> None:
     start(broker, clients, events)
     assert refusal(broker.ws_url("/x?token=bad")) == (401, b"bad token")
 
 
-def test_connection_ids_are_unique(broker, clients, events):
+def test_connection_ids_are_unique(broker: Broker, clients: List[Any], events: Events) -> None:
     start(broker, clients, events)
     seen = set()
     for _ in range(5):
@@ -85,10 +87,10 @@ def test_connection_ids_are_unique(broker, clients, events):
     assert len(seen) == 5 and "" not in seen
 
 
-def test_subprotocol_round_trip(broker, clients, events):
+def test_subprotocol_round_trip(broker: Broker, clients: List[Any], events: Events) -> None:
     start(broker, clients, events)
     with ws_connect(
-        broker.ws_url("/x?token=good"), open_timeout=TIMEOUT, subprotocols=["chat.v2", "chat.v1"]
+        broker.ws_url("/x?token=good"), open_timeout=TIMEOUT, subprotocols=[Subprotocol("chat.v2"), Subprotocol("chat.v1")]
     ) as ws:
         assert ws.subprotocol == "chat.v1"
     _, request = events.get("request")
@@ -96,7 +98,7 @@ def test_subprotocol_round_trip(broker, clients, events):
     assert request.subprotocol == "chat.v1"
 
 
-def test_no_subprotocol_offered_none_selected(broker, clients, events):
+def test_no_subprotocol_offered_none_selected(broker: Broker, clients: List[Any], events: Events) -> None:
     start(broker, clients, events)
     with ws_connect(broker.ws_url("/x?token=good"), open_timeout=TIMEOUT) as ws:
         assert ws.subprotocol is None
@@ -104,12 +106,12 @@ def test_no_subprotocol_offered_none_selected(broker, clients, events):
     assert request.subprotocols == [] and request.subprotocol is None
 
 
-def test_asyncio_client_and_app_reject_and_select(broker):
-    async def main():
+def test_asyncio_client_and_app_reject_and_select(broker: Broker) -> None:
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
         class Backend(AsyncPyStrandsClient):
-            async def on_connection_request(self, request):
+            async def on_connection_request(self, request: Any) -> Any:
                 await asyncio.sleep(0)  # a really asynchronous decision
                 if request.query != "let=me":
                     request.reject(418, "short and stout")
@@ -120,7 +122,7 @@ def test_asyncio_client_and_app_reject_and_select(broker):
         client = Backend("127.0.0.1", broker.tcp_port)
         assert await client.connect()
         try:
-            async with connect(broker.ws_url("/a?let=me"), subprotocols=["v9"], open_timeout=TIMEOUT) as ws:
+            async with connect(broker.ws_url("/a?let=me"), subprotocols=[Subprotocol("v9")], open_timeout=TIMEOUT) as ws:
                 assert ws.subprotocol == "v9"
             status = await asyncio.get_running_loop().run_in_executor(None, refusal, broker.ws_url("/a"))
             assert status == (418, b"short and stout")
@@ -130,7 +132,7 @@ def test_asyncio_client_and_app_reject_and_select(broker):
         app = PyStrands("127.0.0.1", broker.tcp_port)
 
         @app.on_connection_request
-        def gate(request):
+        def gate(request: Any) -> Any:
             return request.reject(451, "unavailable for legal reasons")
 
         assert await app.connect()

@@ -8,27 +8,28 @@ import asyncio
 import random
 import socket
 import threading
+from typing import Any, List
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, Broker, Events, wait_for
 from pystrands import AsyncPyStrandsClient, PyStrandsClient, PyStrandsConnectionError
 
 DISCONNECTED_LOG = r"backend \S+ disconnected"
 
 
 class Echo(PyStrandsClient):
-    def __init__(self, events, **kwargs):
+    def __init__(self, events: Events, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.events = events
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         self.events.put("message", message)
         self.send_private_message(context.client_id, "echo:" + message)
 
 
-def test_sync_reconnects_after_broker_restart(broker, clients, events):
+def test_sync_reconnects_after_broker_restart(broker: Broker, clients: List[Any], events: Events) -> None:
     client = Echo(events, host="127.0.0.1", port=broker.tcp_port,
                   reconnect_delay=0.05, max_reconnect_delay=0.2)
     clients.append(client)
@@ -46,7 +47,7 @@ def test_sync_reconnects_after_broker_restart(broker, clients, events):
         assert ws.recv(timeout=TIMEOUT) == "echo:two"
 
 
-def test_sync_queued_events_arrive_after_reconnect(broker, clients, events):
+def test_sync_queued_events_arrive_after_reconnect(broker: Broker, clients: List[Any], events: Events) -> None:
     # reconnect_delay 1.0 with jitter: the first retry comes after 0.5-1.0 s,
     # far longer than the few milliseconds the test needs to queue events.
     client = Echo(events, host="127.0.0.1", port=broker.tcp_port, reconnect_delay=1.0)
@@ -56,6 +57,7 @@ def test_sync_queued_events_arrive_after_reconnect(broker, clients, events):
         ws.send("first")
         assert ws.recv(timeout=TIMEOUT) == "echo:first"
 
+        assert client._sock is not None
         client._sock.shutdown(socket.SHUT_RDWR)  # the network drops the backend link
         broker.wait_log(DISCONNECTED_LOG)
         wait_for(lambda: not client.connected, what="the client to notice the drop")
@@ -69,13 +71,13 @@ def test_sync_queued_events_arrive_after_reconnect(broker, clients, events):
     assert received == ["first"] + [f"queued-{i}" for i in range(20)]
 
 
-def test_sync_no_auto_reconnect_ends_run_forever_with_an_error(broker):
+def test_sync_no_auto_reconnect_ends_run_forever_with_an_error(broker: Broker) -> None:
     client = PyStrandsClient("127.0.0.1", broker.tcp_port, auto_reconnect=False)
     assert client.connect()
 
-    outcome = []
+    outcome: List[Any] = []
 
-    def run():
+    def run() -> None:
         try:
             client.run_forever()
             outcome.append("returned")
@@ -90,7 +92,7 @@ def test_sync_no_auto_reconnect_ends_run_forever_with_an_error(broker):
     assert isinstance(outcome[0], PyStrandsConnectionError)
 
 
-def test_sync_backoff_grows_with_jitter_and_caps(monkeypatch):
+def test_sync_backoff_grows_with_jitter_and_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     """The reconnect waits: delay x backoff^n capped at max, each x U(0.5, 1)."""
     from pystrands.client import _Session
 
@@ -99,11 +101,11 @@ def test_sync_backoff_grows_with_jitter_and_caps(monkeypatch):
     session = client._session = _Session()
     waits = []
 
-    def fake_wait(timeout=None):
+    def fake_wait(timeout: Any=None) -> Any:
         waits.append(timeout)
         return len(waits) >= 6  # "disconnect() was called" at the 6th wait
 
-    def refuse():
+    def refuse() -> None:
         raise ConnectionRefusedError("nobody home")
 
     monkeypatch.setattr(client._closing, "wait", fake_wait)
@@ -113,14 +115,14 @@ def test_sync_backoff_grows_with_jitter_and_caps(monkeypatch):
     assert waits == pytest.approx([0.075, 0.15, 0.3, 0.3, 0.3, 0.3])
 
 
-def test_async_reconnects_and_gets_queued_events(broker):
-    async def main():
+def test_async_reconnects_and_gets_queued_events(broker: Broker) -> None:
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
-        received = asyncio.Queue()
+        received: "asyncio.Queue[Any]" = asyncio.Queue()
 
         class AEcho(AsyncPyStrandsClient):
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 await received.put(message)
                 await self.send_private_message(context.client_id, "echo:" + message)
 
@@ -130,6 +132,7 @@ def test_async_reconnects_and_gets_queued_events(broker):
             async with connect(broker.ws_url("/aq"), open_timeout=TIMEOUT) as ws:
                 await ws.send("first")
                 assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "echo:first"
+                assert client._conn is not None and client._conn.transport is not None
                 client._conn.transport.abort()  # the link drops
                 await asyncio.get_running_loop().run_in_executor(
                     None, broker.wait_log, DISCONNECTED_LOG

@@ -15,11 +15,12 @@ import asyncio
 import signal
 import socket
 import threading
+from typing import Any, List
 
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, Broker, Events, wait_for
 from pystrands import (
     AsyncPublisher,
     AsyncPyStrandsClient,
@@ -36,7 +37,7 @@ from pystrands import (
 UNKNOWN = "no_such_action"
 
 
-def refused(api):
+def refused(api: Any) -> Any:
     """A request the broker answers with an ``error`` line."""
     return api._core.request(UNKNOWN, {"x": 1})
 
@@ -47,20 +48,21 @@ def check_refusal(exc: BrokerError) -> None:
     assert UNKNOWN in str(exc)
 
 
-def run(coro, timeout=60):
+def run(coro: Any, timeout: Any=60) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 # ---------------------------------------------------------------- error replies
 
 
-def test_sync_error_reply_raises_broker_error(broker, clients):
+def test_sync_error_reply_raises_broker_error(broker: Broker, clients: List[Any]) -> None:
     client = PyStrandsClient("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
     clients.append(client)
     assert client.connect()
@@ -72,8 +74,8 @@ def test_sync_error_reply_raises_broker_error(broker, clients):
     client.broadcast_message("still works")
 
 
-def test_async_and_app_error_replies_raise_broker_error(broker):
-    async def main():
+def test_async_and_app_error_replies_raise_broker_error(broker: Broker) -> None:
+    async def main() -> None:
         for kind in (AsyncPyStrandsClient, PyStrands):
             api = kind("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
             assert await api.connect()
@@ -87,13 +89,13 @@ def test_async_and_app_error_replies_raise_broker_error(broker):
     run(main())
 
 
-def test_publishers_get_error_replies(broker):
+def test_publishers_get_error_replies(broker: Broker) -> None:
     with Publisher("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT) as publisher:
         with pytest.raises(BrokerError) as info:
             publisher._issue(refused(publisher))
         check_refusal(info.value)
 
-    async def main():
+    async def main() -> None:
         async with AsyncPublisher("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT) as publisher:
             with pytest.raises(BrokerError) as info:
                 await publisher._issue(refused(publisher))
@@ -105,14 +107,14 @@ def test_publishers_get_error_replies(broker):
 # ---------------------------------------------------------------- waits inside handlers and threads
 
 
-def test_sync_request_inside_on_message_does_not_deadlock(broker, clients):
+def test_sync_request_inside_on_message_does_not_deadlock(broker: Broker, clients: List[Any]) -> None:
     """The handler runs on the thread that reads; it reads while it waits.
     Messages that arrive meanwhile are handled after it, in order."""
 
     class Asking(PyStrandsClient):
         takeover_after = 3600.0  # no watchdog: only the handler's own reading can help
 
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             if message == "ask":
                 try:
                     self._issue(refused(self))
@@ -135,15 +137,15 @@ def test_sync_request_inside_on_message_does_not_deadlock(broker, clients):
         assert [ws.recv(timeout=2 * TIMEOUT) for _ in range(3)] == ["refused", "echo:m1", "echo:m2"]
 
 
-def test_sync_request_inside_on_connection_request(broker, clients, events):
+def test_sync_request_inside_on_connection_request(broker: Broker, clients: List[Any], events: Events) -> None:
     class Checking(PyStrandsClient):
-        def on_connection_request(self, request):
+        def on_connection_request(self, request: Any) -> None:
             try:
                 self._issue(refused(self))
             except BrokerError as exc:
                 request.context.metadata = {"check": exc.action}
 
-        def on_new_connection(self, context):
+        def on_new_connection(self, context: Any) -> None:
             events.put("connected", context.metadata)
 
     client = Checking("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)
@@ -153,12 +155,12 @@ def test_sync_request_inside_on_connection_request(broker, clients, events):
         assert events.get("connected") == ("connected", {"check": UNKNOWN})
 
 
-def test_sync_request_from_another_thread_while_a_handler_is_slow(broker, clients, events):
+def test_sync_request_from_another_thread_while_a_handler_is_slow(broker: Broker, clients: List[Any], events: Events) -> None:
     """The dispatcher is blocked in a handler: the watchdog reads the reply."""
     release = threading.Event()
 
     class Slow(PyStrandsClient):
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             events.put("blocked")
             release.wait(TIMEOUT)
             events.put("released")
@@ -179,17 +181,17 @@ def test_sync_request_from_another_thread_while_a_handler_is_slow(broker, client
         release.set()
 
 
-def test_sync_on_connection_request_on_the_watchdog_may_wait_for_replies(broker, clients, events):
+def test_sync_on_connection_request_on_the_watchdog_may_wait_for_replies(broker: Broker, clients: List[Any], events: Events) -> None:
     """While on_message blocks, the watchdog answers connection requests; a
     request handler running there waits for its reply by reading itself."""
     release = threading.Event()
 
     class Both(PyStrandsClient):
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             events.put("blocked")
             release.wait(2 * TIMEOUT)
 
-        def on_connection_request(self, request):
+        def on_connection_request(self, request: Any) -> None:
             try:
                 self._issue(refused(self))
             except BrokerError as exc:
@@ -209,12 +211,12 @@ def test_sync_on_connection_request_on_the_watchdog_may_wait_for_replies(broker,
         release.set()
 
 
-def test_async_request_inside_a_handler(broker):
-    async def main():
+def test_async_request_inside_a_handler(broker: Broker) -> None:
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
         class Asking(AsyncPyStrandsClient):
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 try:
                     await self._issue(refused(self))
                 except BrokerError as exc:
@@ -238,15 +240,15 @@ def test_async_request_inside_a_handler(broker):
 class Paused:
     """The broker process stopped (SIGSTOP): connected, but it answers nothing."""
 
-    def __init__(self, broker):
+    def __init__(self, broker: Broker) -> None:
         self.broker = broker
 
-    def __enter__(self):
-        self.broker.proc.send_signal(signal.SIGSTOP)
+    def __enter__(self) -> Any:
+        self.broker.send_signal(signal.SIGSTOP)
         return self
 
-    def __exit__(self, *exc):
-        self.broker.proc.send_signal(signal.SIGCONT)
+    def __exit__(self, *exc: Any) -> None:
+        self.broker.send_signal(signal.SIGCONT)
 
 
 def check_timeout(exc: ReplyTimeoutError, action: str) -> None:
@@ -255,7 +257,7 @@ def check_timeout(exc: ReplyTimeoutError, action: str) -> None:
     assert isinstance(exc, TimeoutError) and isinstance(exc, PyStrandsError)
 
 
-def test_sync_reply_timeout_names_the_action(broker, clients):
+def test_sync_reply_timeout_names_the_action(broker: Broker, clients: List[Any]) -> None:
     client = PyStrandsClient("127.0.0.1", broker.tcp_port, reply_timeout=0.3)
     clients.append(client)
     assert client.connect()
@@ -269,8 +271,8 @@ def test_sync_reply_timeout_names_the_action(broker, clients):
     assert client._core.waiting == 0
 
 
-def test_async_and_app_reply_timeouts_name_the_action(broker):
-    async def main():
+def test_async_and_app_reply_timeouts_name_the_action(broker: Broker) -> None:
+    async def main() -> None:
         client = AsyncPyStrandsClient("127.0.0.1", broker.tcp_port, reply_timeout=0.3)
         app = PyStrands("127.0.0.1", broker.tcp_port, reply_timeout=0.3)
         assert await client.connect() and await app.connect()
@@ -289,7 +291,7 @@ def test_async_and_app_reply_timeouts_name_the_action(broker):
     run(main())
 
 
-def test_publisher_reply_timeouts_name_the_action(broker):
+def test_publisher_reply_timeouts_name_the_action(broker: Broker) -> None:
     with Publisher("127.0.0.1", broker.tcp_port, reply_timeout=0.3) as publisher:
         publisher.connect()
         with Paused(broker):
@@ -297,7 +299,7 @@ def test_publisher_reply_timeouts_name_the_action(broker):
                 publisher.disconnect_client(client_id="ada", ack=True)
             check_timeout(info.value, "disconnect")
 
-    async def main():
+    async def main() -> None:
         async with AsyncPublisher("127.0.0.1", broker.tcp_port, reply_timeout=0.3) as publisher:
             await publisher.connect()
             with Paused(broker):
@@ -308,19 +310,19 @@ def test_publisher_reply_timeouts_name_the_action(broker):
     run(main())
 
 
-def test_a_lost_connection_fails_the_waiting_request(broker, clients):
+def test_a_lost_connection_fails_the_waiting_request(broker: Broker, clients: List[Any]) -> None:
     client = PyStrandsClient("127.0.0.1", broker.tcp_port, auto_reconnect=False, reply_timeout=30)
     clients.append(client)
     assert client.connect()
     outcome = []
 
-    def ask():
+    def ask() -> None:
         try:
             client.presence("lobby")
         except Exception as exc:  # recorded, asserted below
             outcome.append(exc)
 
-    broker.proc.send_signal(signal.SIGSTOP)
+    broker.send_signal(signal.SIGSTOP)
     asker = threading.Thread(target=ask)
     asker.start()
     wait_for(lambda: client._core.waiting == 1, what="the request to be sent")
@@ -331,12 +333,12 @@ def test_a_lost_connection_fails_the_waiting_request(broker, clients):
     assert "lost before the reply to presence" in str(outcome[0])
 
 
-def test_async_lost_connection_fails_the_waiting_request(broker):
-    async def main():
+def test_async_lost_connection_fails_the_waiting_request(broker: Broker) -> None:
+    async def main() -> None:
         client = AsyncPyStrandsClient("127.0.0.1", broker.tcp_port, auto_reconnect=False, reply_timeout=30)
         assert await client.connect()
         try:
-            broker.proc.send_signal(signal.SIGSTOP)
+            broker.send_signal(signal.SIGSTOP)
             asking = asyncio.ensure_future(client.presence("lobby"))
             while client._core.waiting != 1:
                 await asyncio.sleep(0.01)
@@ -352,7 +354,7 @@ def test_async_lost_connection_fails_the_waiting_request(broker):
 # ---------------------------------------------------------------- before anything is sent
 
 
-def test_arguments_are_checked_in_every_api_before_sending():
+def test_arguments_are_checked_in_every_api_before_sending() -> None:
     port = free_port()
     sync = PyStrandsClient("127.0.0.1", port)
     with pytest.raises(ValueError, match="join_room needs a target"):
@@ -365,10 +367,10 @@ def test_arguments_are_checked_in_every_api_before_sending():
     with pytest.raises(ValueError, match="at most 123"):
         AsyncPyStrandsClient("127.0.0.1", port).disconnect_client(client_id="a", reason="x" * 124)
     with pytest.raises(TypeError, match="metadata must be a dict"):
-        AsyncPublisher("127.0.0.1", port).set_metadata("admin", client_id="a")
+        AsyncPublisher("127.0.0.1", port).set_metadata("admin", client_id="a")  # type: ignore[arg-type, unused-coroutine]
 
 
-def test_new_commands_raise_not_connected_while_disconnected():
+def test_new_commands_raise_not_connected_while_disconnected() -> None:
     port = free_port()
     sync = PyStrandsClient("127.0.0.1", port)
     for call in (
@@ -381,7 +383,7 @@ def test_new_commands_raise_not_connected_while_disconnected():
             call()
     assert sync._core.waiting == 0
 
-    async def main():
+    async def main() -> None:
         client = AsyncPyStrandsClient("127.0.0.1", port)
         with pytest.raises(NotConnectedError):
             await client.presence("r")
@@ -396,12 +398,12 @@ def test_new_commands_raise_not_connected_while_disconnected():
     run(main())
 
 
-def test_publisher_without_broker_raises_connection_error():
+def test_publisher_without_broker_raises_connection_error() -> None:
     port = free_port()
     with pytest.raises(PyStrandsConnectionError, match="cannot connect"):
         Publisher("127.0.0.1", port, connect_timeout=2).broadcast_message("hi")
 
-    async def main():
+    async def main() -> None:
         with pytest.raises(PyStrandsConnectionError, match="cannot connect"):
             await AsyncPublisher("127.0.0.1", port, connect_timeout=2).broadcast_message("hi")
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import ExitStack
+from typing import Any
 
-from conftest import TIMEOUT, next_frames, open_tab
+from conftest import TIMEOUT, Broker, Events, TabBackend, next_frames, open_tab
 from pystrands import AsyncPyStrandsClient, PyStrands
 
 
-def test_connections_have_ids_and_rooms(broker, tab_backend, events):
+def test_connections_have_ids_and_rooms(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         _, a1 = open_tab(stack, broker, events, "/lobby", "ada")
         _, a2 = open_tab(stack, broker, events, "/lobby", "ada", X_Join="ops,news")
@@ -25,7 +26,7 @@ def test_connections_have_ids_and_rooms(broker, tab_backend, events):
         assert (a2.room_id, a2.rooms) == ("lobby", ["lobby", "ops", "news"])
 
 
-def test_rooms_joined_at_accept_get_room_messages(broker, tab_backend, events):
+def test_rooms_joined_at_accept_get_room_messages(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         ws, _ = open_tab(stack, broker, events, "/lobby", "ada", X_Join="news")
         other, _ = open_tab(stack, broker, events, "/lobby", "bob")
@@ -35,7 +36,7 @@ def test_rooms_joined_at_accept_get_room_messages(broker, tab_backend, events):
         assert next_frames(other, 1) == ["marker"]
 
 
-def test_join_by_client_id_reaches_every_tab_by_connection_id_one(broker, tab_backend, events):
+def test_join_by_client_id_reaches_every_tab_by_connection_id_one(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         a1, _ = open_tab(stack, broker, events, "/lobby", "ada")
         a2, _ = open_tab(stack, broker, events, "/lobby", "ada")
@@ -55,7 +56,7 @@ def test_join_by_client_id_reaches_every_tab_by_connection_id_one(broker, tab_ba
         assert (ctx.room_id, ctx.rooms) == ("lobby", ["lobby", "ops"])
 
 
-def test_a_connection_in_two_rooms_gets_each_room_message_once(broker, tab_backend, events):
+def test_a_connection_in_two_rooms_gets_each_room_message_once(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         ws, ctx = open_tab(stack, broker, events, "/lobby", "ada", X_Join="ops")
         tab_backend.join_room("ops", connection_id=ctx.connection_id)  # joining twice: a no-op
@@ -66,7 +67,7 @@ def test_a_connection_in_two_rooms_gets_each_room_message_once(broker, tab_backe
         assert next_frames(ws, 3) == ["one", "two", "marker"]
 
 
-def test_leave_stops_delivery_by_connection_id_and_by_client_id(broker, tab_backend, events):
+def test_leave_stops_delivery_by_connection_id_and_by_client_id(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         a1, _ = open_tab(stack, broker, events, "/lobby", "ada", X_Join="ops")
         a2, ca2 = open_tab(stack, broker, events, "/lobby", "ada", X_Join="ops")
@@ -90,7 +91,7 @@ def test_leave_stops_delivery_by_connection_id_and_by_client_id(broker, tab_back
         assert (ctx.room_id, ctx.rooms) == ("lobby", ["ops"])
 
 
-def test_a_connection_in_no_room_stays_open_and_gets_private_messages(broker, tab_backend, events):
+def test_a_connection_in_no_room_stays_open_and_gets_private_messages(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         ws, ctx = open_tab(stack, broker, events, "/lobby", "ada")
         tab_backend.leave_room("lobby", connection_id=ctx.connection_id)
@@ -104,7 +105,7 @@ def test_a_connection_in_no_room_stays_open_and_gets_private_messages(broker, ta
         assert message == "still here" and later.rooms == [] and later.room_id == "lobby"
 
 
-def test_exclude_skips_exactly_the_named_tab(broker, tab_backend, events):
+def test_exclude_skips_exactly_the_named_tab(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         a1, ca1 = open_tab(stack, broker, events, "/lobby", "ada")
         a2, ca2 = open_tab(stack, broker, events, "/lobby", "ada")
@@ -119,7 +120,7 @@ def test_exclude_skips_exactly_the_named_tab(broker, tab_backend, events):
         assert next_frames(b1, 2) == ["not to ada's first tab", "marker"]
 
 
-def test_set_metadata_by_client_id_and_by_connection_id(broker, tab_backend, events):
+def test_set_metadata_by_client_id_and_by_connection_id(broker: Broker, tab_backend: TabBackend, events: Events) -> None:
     with ExitStack() as stack:
         a1, _ = open_tab(stack, broker, events, "/lobby", "ada")
         a2, ca2 = open_tab(stack, broker, events, "/lobby", "ada")
@@ -141,18 +142,18 @@ def test_set_metadata_by_client_id_and_by_connection_id(broker, tab_backend, eve
     ]
 
 
-def test_room_commands_from_the_asyncio_client_and_the_app(broker):
-    async def main():
+def test_room_commands_from_the_asyncio_client_and_the_app(broker: Broker) -> None:
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
-        contexts: "asyncio.Queue" = asyncio.Queue()
+        contexts: "asyncio.Queue[Any]" = asyncio.Queue()
 
         class Backend(AsyncPyStrandsClient):
-            async def on_connection_request(self, request):
+            async def on_connection_request(self, request: Any) -> None:
                 request.context.client_id = request.header("X-User") or "anon"
                 request.context.room_id = "lobby"
 
-            async def on_new_connection(self, context):
+            async def on_new_connection(self, context: Any) -> None:
                 contexts.put_nowait(context)
 
         client = Backend("127.0.0.1", broker.tcp_port, reply_timeout=TIMEOUT)

@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, Broker, Events, wait_for
 from pystrands import PyStrandsClient
 
 
 # --- the seed example from the original README (issue 3), unchanged -----------
 class MyClient(PyStrandsClient):
-    def on_connection_request(self, request):
+    def on_connection_request(self, request: Any) -> None:
         print(f"Connection request from {request.context.client_id} in room {request.context.room_id}")
         request.context.room_id = "new_room"            # by default it is websocket url endpoint
         request.context.client_id = "new_client_id"     # by default it is uuid
         request.context.metadata = {"name": "John Doe"} # additional metadata
         request.accepted = True                         # accepted by default
 
-    def on_connect(self, context):
+    def on_connect(self, context: Any) -> None:
         print(f"Connected to {context.client_id} in room {context.room_id}")
         self.send_private_message(context.client_id, f"Welcome to the room! {context.metadata.get('name')}")
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         print(f"Received message: {message} from {context.context.client_id} in room {context.context.room_id}")
 
-    def on_disconnect(self, context):
+    def on_disconnect(self, context: Any) -> None:
         print(f"Disconnected from {context.context.client_id} in room {context.context.room_id}")
 
-    def on_error(self, error, context):
+    def on_error(self, error: Any, context: Any) -> None:
         print(f"Error: {error} from {context.context.client_id} in room {context.context.room_id}")
 # ---------------------------------------------------------------------------------
 
@@ -37,20 +38,20 @@ class MyClient(PyStrandsClient):
 class ObservedClient(MyClient):
     """The seed client, plus events the test can wait on."""
 
-    def __init__(self, events, *args, **kwargs):
+    def __init__(self, events: Events, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.events = events
 
-    def on_message(self, message, context):
+    def on_message(self, message: Any, context: Any) -> None:
         super().on_message(message, context)
         self.events.put("message", message)
 
-    def on_disconnect(self, context):
+    def on_disconnect(self, context: Any) -> None:
         super().on_disconnect(context)
         self.events.put("disconnect", context)
 
 
-def test_seed_example_end_to_end(broker, events, capsys):
+def test_seed_example_end_to_end(broker: Broker, events: Events, capsys: Any) -> None:
     client = ObservedClient(events, host="127.0.0.1", port=broker.tcp_port)
     assert client.connect() is True
     client.broadcast_message("Hello everyone!")

@@ -11,21 +11,27 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any, Callable, List
 
+import pytest
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, Broker, Events, wait_for
 from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
 
 HOLD = 2.0  # seconds the handler stays blocked: twice the broker's timeout
 
 
-def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients, events):
+@pytest.mark.parametrize("concurrency", [1, None], ids=["concurrency=1", "default"])
+def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory: Callable[..., Broker], clients: List[Any], events: Events, concurrency: Any) -> None:
+    """With concurrency=1 every event waits its turn (the broker's order),
+    but connection requests are still answered; by default the second
+    client's events do not even wait for the first client's slow handler."""
     broker = broker_factory(connect_timeout=1.0)
     release = threading.Event()
 
     class Slow(PyStrandsClient):
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             if message == "block":
                 events.put("handler-started", message)
                 release.wait(HOLD)
@@ -34,10 +40,10 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients,
                 events.put("message", context.room_id, message)
                 self.send_private_message(context.client_id, "echo:" + message)
 
-        def on_connect(self, context):
+        def on_connect(self, context: Any) -> None:
             events.put("connected", context.room_id)
 
-    client = Slow(host="127.0.0.1", port=broker.tcp_port)
+    client = Slow(host="127.0.0.1", port=broker.tcp_port, concurrency=concurrency)
     clients.append(client)
     assert client.connect()
     with ws_connect(broker.ws_url("/first"), open_timeout=TIMEOUT) as first:
@@ -49,18 +55,31 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients,
         t0 = time.monotonic()
         with ws_connect(broker.ws_url("/second"), open_timeout=TIMEOUT) as second:
             accepted_after = time.monotonic() - t0
-            # still blocked: the answer did not wait for the handler
-            assert ("handler-done", "block") not in list(events.q.queue)
             second.send("from-second")
+            if concurrency is None:
+                # handled beside the blocked handler, before it is released
+                assert second.recv(timeout=TIMEOUT) == "echo:from-second"
+                assert ("handler-done", "block") not in list(events.q.queue)
+            else:
+                # still blocked: the answer did not wait for the handler
+                assert ("handler-done", "block") not in list(events.q.queue)
             release.set()
-            assert events.get("handler-done") == ("handler-done", "block")
-            got = [events.get()[1:] for _ in range(7)]
-            assert [g for g in got if g[0] == "/first"] == [("/first", f"m{i}") for i in range(5)]
+            got: List[Any] = []
+            while len(got) < 8:
+                got.append(events.get())
+            first_events = [g[1:] for g in got if g[0] == "message" and g[1] == "/first"]
+            assert first_events == [("/first", f"m{i}") for i in range(5)]
+            # the first client's events come after its slow handler returned
+            done_at = got.index(("handler-done", "block"))
+            assert all(got.index(("message", "/first", f"m{i}")) > done_at for i in range(5))
             # the second client's new_connection comes before its message
-            assert got.index(("/second",)) < got.index(("/second", "from-second"))
+            assert got.index(("connected", "/second")) < got.index(("message", "/second", "from-second"))
+            if concurrency == 1:
+                assert got.index(("message", "/second", "from-second")) > done_at
             for i in range(5):
                 assert first.recv(timeout=TIMEOUT) == f"echo:m{i}"
-            assert second.recv(timeout=TIMEOUT) == "echo:from-second"
+            if concurrency == 1:
+                assert second.recv(timeout=TIMEOUT) == "echo:from-second"
             # the watchdog hands the socket back once the dispatcher caught up
             wait_for(lambda: not client._watchdog_reading, what="the hand-back to the dispatcher")
             second.send("later")
@@ -68,15 +87,15 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory, clients,
     assert accepted_after < 1.0
 
 
-def test_async_slow_on_message_does_not_stall_acceptance(broker_factory):
+def test_async_slow_on_message_does_not_stall_acceptance(broker_factory: Callable[..., Broker]) -> None:
     broker = broker_factory(connect_timeout=1.0)
 
-    async def main():
+    async def main() -> None:
         release = asyncio.Event()
-        log = asyncio.Queue()
+        log: "asyncio.Queue[Any]" = asyncio.Queue()
 
         class Slow(AsyncPyStrandsClient):
-            async def on_message(self, message, context):
+            async def on_message(self, message: Any, context: Any) -> None:
                 await log.put(("started", message))
                 try:
                     await asyncio.wait_for(release.wait(), HOLD)
@@ -84,7 +103,7 @@ def test_async_slow_on_message_does_not_stall_acceptance(broker_factory):
                     pass
                 await log.put(("done", message))
 
-            async def on_connection_request(self, request):
+            async def on_connection_request(self, request: Any) -> Any:
                 await asyncio.sleep(0)  # an async request handler, really suspending
                 return True
 
@@ -109,10 +128,10 @@ def test_async_slow_on_message_does_not_stall_acceptance(broker_factory):
     asyncio.run(asyncio.wait_for(main(), 30))
 
 
-def test_app_slow_async_handler_does_not_stall_acceptance(broker_factory):
+def test_app_slow_async_handler_does_not_stall_acceptance(broker_factory: Callable[..., Broker]) -> None:
     broker = broker_factory(connect_timeout=1.0)
 
-    async def main():
+    async def main() -> None:
         from websockets.asyncio.client import connect
 
         app = PyStrands("127.0.0.1", broker.tcp_port)
@@ -120,7 +139,7 @@ def test_app_slow_async_handler_does_not_stall_acceptance(broker_factory):
         started = asyncio.Event()
 
         @app.on_message
-        async def slow(message, context):
+        async def slow(message: Any, context: Any) -> None:
             started.set()
             try:
                 await asyncio.wait_for(release.wait(), HOLD)

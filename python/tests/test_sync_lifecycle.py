@@ -3,19 +3,21 @@ while a handler is stuck, connect again afterwards, handler exceptions."""
 
 from __future__ import annotations
 
+import pytest
 import logging
 import threading
 import time
+from typing import Any, List
 
 from websockets.sync.client import connect as ws_connect
 
-from conftest import TIMEOUT, wait_for
+from conftest import TIMEOUT, Broker, Events, wait_for
 from pystrands import PyStrandsClient
 
 
-def test_disconnect_from_inside_a_handler(broker, events):
+def test_disconnect_from_inside_a_handler(broker: Broker, events: Events) -> None:
     class Quitter(PyStrandsClient):
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             self.send_private_message(context.client_id, "bye")
             self.disconnect()
             events.put("after-disconnect", self.connected)
@@ -32,11 +34,11 @@ def test_disconnect_from_inside_a_handler(broker, events):
     assert not runner.is_alive()
 
 
-def test_disconnect_does_not_wait_forever_for_a_stuck_handler(broker, events, caplog):
+def test_disconnect_does_not_wait_forever_for_a_stuck_handler(broker: Broker, events: Events, caplog: pytest.LogCaptureFixture) -> None:
     release = threading.Event()
 
     class Stuck(PyStrandsClient):
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             events.put("stuck")
             release.wait(TIMEOUT)
 
@@ -56,9 +58,9 @@ def test_disconnect_does_not_wait_forever_for_a_stuck_handler(broker, events, ca
         release.set()
 
 
-def test_connect_again_after_disconnect(broker, clients):
+def test_connect_again_after_disconnect(broker: Broker, clients: List[Any]) -> None:
     class Echo(PyStrandsClient):
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             self.send_private_message(context.client_id, message)
 
     client = Echo("127.0.0.1", broker.tcp_port)
@@ -72,9 +74,9 @@ def test_connect_again_after_disconnect(broker, clients):
         assert not client.connected
 
 
-def test_a_raising_handler_is_logged_and_the_client_goes_on(broker, clients, caplog):
+def test_a_raising_handler_is_logged_and_the_client_goes_on(broker: Broker, clients: List[Any], caplog: pytest.LogCaptureFixture) -> None:
     class Flaky(PyStrandsClient):
-        def on_message(self, message, context):
+        def on_message(self, message: Any, context: Any) -> None:
             if message == "boom":
                 raise ValueError("handler failure")
             self.send_private_message(context.client_id, "ok:" + message)

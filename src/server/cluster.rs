@@ -27,6 +27,7 @@
 //!   bus is back; /health reports it. Commands waiting for Redis are
 //!   bounded by `--max-redis-buffer`.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::rc::Rc;
@@ -60,8 +61,6 @@ const UNSUBSCRIBE_GRACE: Duration = Duration::from_secs(1);
 /// (it carries the whole cluster's traffic for this broker: read it first
 /// and generously, or Redis disconnects us for a full output buffer).
 const SUB_READ_BUDGET: usize = 16 * 1024 * 1024;
-/// Chunk of one read from a link.
-const LINK_CHUNK: usize = 256 * 1024;
 
 /// Removes a room's expired presence entries, then returns the hash
 /// (connection id, JSON, ...). KEYS: hash, expiry set; ARGV: now (ms).
@@ -192,6 +191,8 @@ pub(super) struct Cluster {
     /// Backends were told the bus is unavailable.
     outage_announced: bool,
     dropped_log: LogLimit,
+    /// The buffer links read into.
+    chunk: Vec<u8>,
     /// Counters, for the metrics.
     pub published: u64,
     pub received: u64,
@@ -217,6 +218,7 @@ impl Cluster {
             next_refresh: now + refresh,
             outage_announced: false,
             dropped_log: LogLimit::default(),
+            chunk: Vec::new(),
             published: 0,
             received: 0,
             dropped: 0,
@@ -367,8 +369,20 @@ impl Server {
             return;
         }
         let mut budget = SUB_READ_BUDGET;
-        let mut chunk = vec![0u8; LINK_CHUNK];
-        let limit = cluster.config.max_redis_buffer + LINK_CHUNK;
+        let limit = cluster.config.max_redis_buffer + super::READ_CHUNK;
+        // The links' own read buffer (the client scratch buffer may be in
+        // use further up: never share it).
+        let mut chunk = std::mem::take(&mut cluster.chunk);
+        if chunk.is_empty() {
+            chunk = vec![0; super::READ_CHUNK];
+        }
+        self.link_read_with(role, &mut budget, limit, &mut chunk);
+        if let Some(cluster) = self.cluster.as_mut() {
+            cluster.chunk = chunk;
+        }
+    }
+
+    fn link_read_with(&mut self, role: Role, budget: &mut usize, limit: usize, chunk: &mut [u8]) {
         loop {
             let Some(cluster) = self.cluster.as_mut() else {
                 return;
@@ -377,7 +391,7 @@ impl Server {
             if !link.ready.readable || !link.is_up() {
                 return;
             }
-            if budget == 0 {
+            if *budget == 0 {
                 list_once(
                     &mut link.read_listed,
                     &mut self.turn.redis_read_again,
@@ -388,9 +402,9 @@ impl Server {
             let Some(sock) = link.sock.as_mut() else {
                 return;
             };
-            match link.ready.read(sock, &mut chunk) {
+            match link.ready.read(sock, chunk) {
                 ReadOutcome::Bytes(n) => {
-                    budget = budget.saturating_sub(n);
+                    *budget = budget.saturating_sub(n);
                     link.inbuf.extend_from_slice(&chunk[..n]);
                     link.heard = Instant::now();
                     link.probe_out = false;
@@ -613,8 +627,9 @@ impl Server {
         {
             return;
         }
-        let mut entries: Vec<(String, Vec<u8>, Vec<&str>)> = Vec::new();
-        let mut index: AHashMap<String, usize> = AHashMap::new();
+        // Each value: {"client_id":..,"metadata":..}, parsed into owned
+        // pieces first (the tape borrows the bytes it parsed).
+        let mut parsed: Vec<(&str, String, Vec<u8>)> = Vec::new();
         let mut sorted: Vec<&(&str, &[u8])> = pairs.iter().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         for (connection_id, value) in sorted {
@@ -627,57 +642,36 @@ impl Server {
             let Some(client_id) = v.get("client_id").and_then(|c| c.into_string()) else {
                 continue;
             };
-            let metadata = v
-                .get("metadata")
-                .map(|m| {
-                    let mut out = Vec::new();
-                    let _ = m.write(&mut out);
-                    out
-                })
-                .unwrap_or_else(|| b"{}".to_vec());
-            let i = *index.entry(client_id.to_owned()).or_insert_with(|| {
-                entries.push((client_id.to_owned(), metadata, Vec::new()));
+            let mut metadata = Vec::new();
+            match v.get("metadata") {
+                Some(m) => {
+                    let _ = m.write(&mut metadata);
+                }
+                None => metadata.extend_from_slice(b"{}"),
+            }
+            parsed.push((connection_id, client_id.to_owned(), metadata));
+        }
+        let mut entries: Vec<backend::PresenceEntry<'_>> = Vec::new();
+        let mut index: AHashMap<&str, usize> = AHashMap::new();
+        for (connection_id, client_id, metadata) in &parsed {
+            let i = *index.entry(client_id.as_str()).or_insert_with(|| {
+                entries.push(backend::PresenceEntry {
+                    client_id,
+                    metadata,
+                    connections: Vec::new(),
+                });
                 entries.len() - 1
             });
-            entries[i].2.push(connection_id);
+            entries[i].connections.push(Cow::Borrowed(*connection_id));
         }
-        let connections: usize = entries.iter().map(|e| e.2.len()).sum();
-        if stats {
-            let clients = entries.len();
-            return self.reply_to(backend.key, |out| {
-                backend::push_reply(out, "presence_stats", request_id, |out| {
-                    out.extend_from_slice(b"\"room_id\":");
-                    push_str(out, room);
-                    out.extend_from_slice(
-                        format!(",\"clients\":{clients},\"connections\":{connections}").as_bytes(),
-                    );
-                })
-            });
-        }
+        let connections = parsed.len();
+        let clients = entries.len();
         self.reply_to(backend.key, |out| {
-            backend::push_reply(out, "presence", request_id, |out| {
-                out.extend_from_slice(b"\"room_id\":");
-                push_str(out, room);
-                out.extend_from_slice(b",\"clients\":[");
-                for (i, (client_id, metadata, conns)) in entries.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(b"{\"client_id\":");
-                    push_str(out, client_id);
-                    out.extend_from_slice(b",\"metadata\":");
-                    out.extend_from_slice(metadata);
-                    out.extend_from_slice(b",\"connections\":[");
-                    for (j, c) in conns.iter().enumerate() {
-                        if j > 0 {
-                            out.push(b',');
-                        }
-                        push_str(out, c);
-                    }
-                    out.extend_from_slice(b"]}");
-                }
-                out.push(b']');
-            })
+            if stats {
+                backend::push_presence_stats(out, request_id, room, clients, connections);
+            } else {
+                backend::push_presence(out, request_id, room, &entries);
+            }
         });
     }
 

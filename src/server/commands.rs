@@ -14,10 +14,9 @@ use ahash::AHashMap;
 use log::warn;
 use simd_json::value::tape::Value;
 
-use crate::backend::{self, Command, Line, Payload, Target};
+use crate::backend::{self, Command, Line, Payload, PresenceEntry, Target};
 use crate::cluster::bus::{Channel, Kind};
 use crate::hub::Audience;
-use crate::json::push_str;
 use crate::outq::{Batch, Shared};
 use crate::ws::encode;
 
@@ -453,7 +452,7 @@ impl Server {
         if !self.may_reply(from) {
             return;
         }
-        let mut order: Vec<(&str, &[u8], Vec<u64>)> = Vec::new();
+        let mut entries: Vec<PresenceEntry<'_>> = Vec::new();
         let mut index: AHashMap<&str, usize> = AHashMap::new();
         for &key in self.hub.room(room_id) {
             let Some(c) = self.clients.get(key).filter(|c| c.is_open()) else {
@@ -464,38 +463,21 @@ impl Server {
                 continue;
             };
             let i = *index.entry(client_id).or_insert_with(|| {
-                order.push((client_id, context.metadata(), Vec::new()));
-                order.len() - 1
+                entries.push(PresenceEntry {
+                    client_id,
+                    metadata: context.metadata(),
+                    connections: Vec::new(),
+                });
+                entries.len() - 1
             });
-            order[i].2.push(c.serial);
+            entries[i]
+                .connections
+                .push(Cow::Owned(self.ids.connection_id(c.serial)));
         }
         let Some(b) = self.backends.get_mut(from).filter(|b| !b.closing) else {
             return;
         };
-        let ids = &self.ids;
-        backend::push_reply(&mut b.out, "presence", request_id, |out| {
-            out.extend_from_slice(b"\"room_id\":");
-            push_str(out, room_id);
-            out.extend_from_slice(b",\"clients\":[");
-            for (i, (client_id, metadata, serials)) in order.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(b"{\"client_id\":");
-                push_str(out, client_id);
-                out.extend_from_slice(b",\"metadata\":");
-                out.extend_from_slice(metadata);
-                out.extend_from_slice(b",\"connections\":[");
-                for (j, serial) in serials.iter().enumerate() {
-                    if j > 0 {
-                        out.push(b',');
-                    }
-                    push_str(out, &ids.connection_id(*serial));
-                }
-                out.extend_from_slice(b"]}");
-            }
-            out.push(b']');
-        });
+        backend::push_presence(&mut b.out, request_id, room_id, &entries);
         list_once(&mut b.dirty, &mut self.turn.dirty_backends, from);
     }
 
@@ -519,13 +501,7 @@ impl Server {
         let Some(b) = self.backends.get_mut(from).filter(|b| !b.closing) else {
             return;
         };
-        backend::push_reply(&mut b.out, "presence_stats", request_id, |out| {
-            out.extend_from_slice(b"\"room_id\":");
-            push_str(out, room_id);
-            out.extend_from_slice(
-                format!(",\"clients\":{clients},\"connections\":{connections}").as_bytes(),
-            );
-        });
+        backend::push_presence_stats(&mut b.out, request_id, room_id, clients, connections);
         list_once(&mut b.dirty, &mut self.turn.dirty_backends, from);
     }
 

@@ -205,12 +205,29 @@ pub fn raw_join_small(
     rcvbuf: usize,
 ) -> TcpStream {
     let mut stream = connect_with_rcvbuf(broker.ws, rcvbuf);
-    let request = format!(
-        "GET /ws/{room} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    stream
+        .write_all(upgrade_head(broker, &format!("/ws/{room}")).as_bytes())
+        .unwrap();
+    accepted(stream, backend, client_id, room)
+}
+
+/// A hand-made upgrade request for `path`.
+fn upgrade_head(broker: &Broker, path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
         broker.ws
-    );
-    stream.write_all(request.as_bytes()).unwrap();
+    )
+}
+
+/// `backend` accepts the request `stream` sent, into `room` as
+/// `client_id`; returns the stream after the 101 head.
+fn accepted(
+    mut stream: TcpStream,
+    backend: &mut Backend,
+    client_id: &str,
+    room: &str,
+) -> TcpStream {
     let request = backend.expect("connection_request");
     backend.respond(
         &request,
@@ -226,12 +243,9 @@ pub fn raw_join_small(
 /// request for `path` by hand.
 pub fn raw_upgrade_request(broker: &Broker, path: &str) -> TcpStream {
     let mut stream = raw_connect(broker.ws);
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        broker.ws
-    );
-    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .write_all(upgrade_head(broker, path).as_bytes())
+        .unwrap();
     stream
 }
 
@@ -283,16 +297,8 @@ pub fn status_of(head: &str) -> u16 {
 /// A raw client accepted by `backend` into `room` (as `client_id`), ready
 /// for hand-made frames. Returns the stream after the 101 head.
 pub fn raw_join(broker: &Broker, backend: &mut Backend, client_id: &str, room: &str) -> TcpStream {
-    let mut stream = raw_upgrade_request(broker, &format!("/ws/{room}"));
-    let request = backend.expect("connection_request");
-    backend.respond(
-        &request,
-        json!({"accepted": true, "client_id": client_id, "room_id": room}),
-    );
-    let head = read_http_head(&mut stream);
-    assert_eq!(status_of(&head), 101, "upgrade refused: {head}");
-    backend.expect("new_connection");
-    stream
+    let stream = raw_upgrade_request(broker, &format!("/ws/{room}"));
+    accepted(stream, backend, client_id, room)
 }
 
 /// Sets a socket's buffer size (`option` is `SO_SNDBUF` or `SO_RCVBUF`):

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pystrands::cluster::resp::{self, Reply};
 
-use super::TIMEOUT;
+use super::{Broker, TIMEOUT};
 
 /// A running redis-server.
 pub struct Redis {
@@ -131,6 +131,38 @@ impl Redis {
             let n = stream.read(&mut chunk).expect("a reply from redis");
             assert!(n > 0, "redis closed the connection");
             buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+impl Redis {
+    /// A broker of the cluster on this Redis, named `node`, with the
+    /// admin listener on and `extra` flags; returns once both of its links
+    /// to Redis are up.
+    pub fn broker(&self, node: &str, extra: &[&str]) -> Broker {
+        let url = self.url();
+        let mut flags = vec!["--redis-url", url.as_str(), "--node-id", node];
+        flags.extend_from_slice(extra);
+        let broker = Broker::start_with_admin(&flags);
+        broker.wait_log(&["cluster: subscriber link", "up"]);
+        broker.wait_log(&["cluster: command link", "up"]);
+        broker
+    }
+
+    /// Waits (bounded) until PUBSUB NUMSUB says `channel` has `want`
+    /// subscribers.
+    pub fn wait_subscribers(&self, channel: &str, want: usize) {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let got = self.command(&["PUBSUB", "NUMSUB", channel]);
+            if got.get(1).and_then(|n| n.parse::<usize>().ok()) == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{channel}: {got:?} subscribers, want {want}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

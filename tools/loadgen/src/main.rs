@@ -7,9 +7,11 @@
 //! `cargo build --release --workspace`, then
 //! `target/release/loadgen <scenario> [options]`; `--help` for all.
 
+mod cluster;
 mod limit;
 mod net;
 mod os;
+mod redis;
 mod report;
 mod scenario;
 mod stats;
@@ -66,6 +68,16 @@ fanout / broadcast:
                          (slow consumers; the broker must close them, the others must not
                          notice); they are drained at the end to see how they were closed.
                          Their deliveries are kept out of the latency and loss figures
+cluster mode (fanout / broadcast):
+  --cluster N            start a redis-server of our own (free loopback port, no persistence)
+                         and N brokers with --redis-url, all pinned to --server-core; the
+                         subscribers are split over the brokers, a backend of ours accepts
+                         them on each, and every message is sent through broker 0's. Reports
+                         each broker's CPU per delivery to its own subscribers, broker 0's
+                         per message, and Redis's per message
+  --sender-subscribers K subscribers on broker 0 (the sender); the rest are split evenly over
+                         the other brokers (default: an even share for every broker)
+  --redis-bin PATH       the redis-server to start (default: redis-server on the PATH)
 echo:
   --clients C            default 100
   --inflight K           frames in flight per client, default 1
@@ -158,6 +170,10 @@ pub struct Config {
     pub backend_pid: Option<u32>,
     pub backend_port: u16,
     pub rooms_per_client: u32,
+    /// Brokers of a cluster run (0: one broker, no Redis).
+    pub cluster: usize,
+    pub sender_subscribers: Option<usize>,
+    pub redis_bin: PathBuf,
 }
 
 /// `--name value` / `--name=value` / boolean `--name`, in any order.
@@ -279,6 +295,9 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
         backend_pid: a.value("--backend-pid")?,
         backend_port: a.or("--backend-port", 0)?,
         rooms_per_client: a.or("--rooms-per-client", 1)?,
+        cluster: a.or("--cluster", 0)?,
+        sender_subscribers: a.value("--sender-subscribers")?,
+        redis_bin: a.or("--redis-bin", PathBuf::from("redis-server"))?,
     };
     if let Some((k, _)) = a.items.first() {
         return Err(format!("unknown option {k} for {}", cfg.scenario.name()));
@@ -313,6 +332,39 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
         return Err(
             "--server-pid needs --ws ADDR (and --backend ADDR unless --external-backend)".into(),
         );
+    }
+    if cfg.cluster > 0 {
+        let Scenario::Fanout {
+            subscribers, stall, ..
+        } = cfg.scenario
+        else {
+            return Err("--cluster is for fanout and broadcast".into());
+        };
+        if cfg.cluster > 16 {
+            return Err("--cluster: at most 16 brokers".into());
+        }
+        if cfg.limit || cfg.server_pid.is_some() || cfg.ws.is_some() || cfg.backend.is_some() {
+            return Err(
+                "--cluster starts its own brokers and Redis: no --limit, --server-pid, --ws or --backend"
+                    .into(),
+            );
+        }
+        if stall > 0 {
+            return Err("--stall is not available with --cluster".into());
+        }
+        match cfg.sender_subscribers {
+            Some(k) if k > subscribers => {
+                return Err("--sender-subscribers must be at most --subscribers".into())
+            }
+            Some(k) if cfg.cluster == 1 && k != subscribers => {
+                return Err(
+                    "--sender-subscribers: with --cluster 1 every subscriber is on broker 0".into(),
+                )
+            }
+            _ => {}
+        }
+    } else if cfg.sender_subscribers.is_some() {
+        return Err("--sender-subscribers is for --cluster".into());
     }
     if let Scenario::Echo { inflight: 0, .. } = cfg.scenario {
         return Err("--inflight must be at least 1".into());
@@ -434,6 +486,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(3);
     }
+    if cfg.cluster > 0 {
+        let result = cluster::run(&cfg, deadline);
+        return finish(&cfg, started, result, "");
+    }
     // The server starts first, so it does not inherit our own pinning.
     let mut target = match start_target(&cfg, deadline) {
         Ok(t) => t,
@@ -450,6 +506,16 @@ fn main() -> ExitCode {
     }
     let result = scenario::run(&cfg, &mut target, deadline);
     target.stop();
+    finish(&cfg, started, result, &target.tail())
+}
+
+/// Prints the report (or why there is none); the exit status.
+fn finish(
+    cfg: &Config,
+    started: Instant,
+    result: Result<report::Report, Stop>,
+    tail: &str,
+) -> ExitCode {
     match result {
         Ok(mut report) => {
             report.set(
@@ -469,14 +535,13 @@ fn main() -> ExitCode {
         }
         Err(Stop::Timeout(m)) => {
             eprintln!(
-                "loadgen: {m}: --timeout {} s reached{}",
+                "loadgen: {m}: --timeout {} s reached{tail}",
                 cfg.timeout.as_secs_f64(),
-                target.tail()
             );
             ExitCode::from(2)
         }
         Err(Stop::Failed(m)) => {
-            eprintln!("loadgen: {m}{}", target.tail());
+            eprintln!("loadgen: {m}{tail}");
             ExitCode::from(3)
         }
     }

@@ -1,8 +1,10 @@
 //! The load generator's single event loop: N WebSocket clients (raw frames,
 //! masked, one mio registration each, edge-triggered) and at most one
-//! backend connection (the broker's TCP backend port, speaking wire v1, or
-//! the limit server's control port), all on one thread so the tool can be
-//! pinned to one core.
+//! backend connection that sends (the broker's TCP backend port, speaking
+//! wire v1, or the limit server's control port), all on one thread so the
+//! tool can be pinned to one core. In cluster mode the clients are spread
+//! over several brokers (`add_server`), and every other broker gets a
+//! backend connection of its own that only accepts clients.
 //!
 //! Every received data frame is checked: our payload layout, the right size,
 //! the receiver's tag (room or client index), a sequence number in range,
@@ -25,6 +27,11 @@ use crate::stats::{Arrival, Histogram, Seen};
 use crate::ws;
 
 const BACKEND: Token = Token(usize::MAX - 1);
+
+/// Token of `Net::others[k]`, below `BACKEND`.
+fn other_token(k: usize) -> Token {
+    Token(usize::MAX - 2 - k)
+}
 
 /// Why a loop stopped early.
 #[derive(Debug)]
@@ -59,6 +66,8 @@ pub struct Client {
     stream: Option<TcpStream>,
     pub state: State,
     pub stall: Stall,
+    /// Which server (`Net::add_server`) it connects to; 0 unless set.
+    pub server: usize,
     path: String,
     /// Tag every delivery to this client must carry.
     pub tag: u32,
@@ -139,6 +148,8 @@ struct Ctx {
     dirty: Vec<usize>,
     inflight_connects: usize,
     handshake_lat: Histogram,
+    /// Latency by server while recording; empty with one server.
+    server_lat: Vec<Histogram>,
 }
 
 /// Events the backend connection saw.
@@ -155,6 +166,23 @@ pub struct BackendCounts {
     pub error_samples: Vec<String>,
     pub unparsable: u64,
     pub other: u64,
+}
+
+impl BackendCounts {
+    /// Adds what another backend connection saw (a cluster's backends).
+    pub fn add(&mut self, o: &BackendCounts) {
+        self.connection_requests += o.connection_requests;
+        self.registered += o.registered;
+        self.disconnected += o.disconnected;
+        self.unregistered += o.unregistered;
+        self.new_messages += o.new_messages;
+        self.errors += o.errors;
+        let room = 5usize.saturating_sub(self.error_samples.len());
+        self.error_samples
+            .extend(o.error_samples.iter().take(room).cloned());
+        self.unparsable += o.unparsable;
+        self.other += o.other;
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -408,11 +436,15 @@ pub struct Net {
     events: Events,
     ready: Vec<(Token, bool, bool)>,
     pub clients: Vec<Client>,
+    /// The backend that sends (fan-out) or answers (echo).
     pub backend: Option<Backend>,
+    /// Cluster mode: a backend connection on each other broker, which
+    /// only accepts its clients.
+    pub others: Vec<Backend>,
     scratch: Vec<u8>,
     ctx: Ctx,
-    ws_addr: SocketAddr,
-    host: String,
+    /// WebSocket address of each server, and the Host header for it.
+    servers: Vec<(SocketAddr, String)>,
     sources: Vec<Ipv4Addr>,
     deadline: Instant,
     /// What the caller is doing, for the timeout message.
@@ -432,6 +464,7 @@ impl Net {
             ready: Vec::with_capacity(4096),
             clients: Vec::new(),
             backend: None,
+            others: Vec::new(),
             scratch: vec![0; 256 * 1024],
             ctx: Ctx {
                 tally: Tally::default(),
@@ -442,9 +475,9 @@ impl Net {
                 dirty: Vec::new(),
                 inflight_connects: 0,
                 handshake_lat: Histogram::new(),
+                server_lat: Vec::new(),
             },
-            ws_addr,
-            host: ws_addr.to_string(),
+            servers: vec![(ws_addr, ws_addr.to_string())],
             sources,
             deadline,
             phase: "starting".into(),
@@ -463,11 +496,26 @@ impl Net {
         &self.ctx.handshake_lat
     }
 
+    /// Adds a server clients can be sent to (`Client::server`); returns
+    /// its index. From the second one on, latency is also kept by server.
+    pub fn add_server(&mut self, ws_addr: SocketAddr) -> usize {
+        self.servers.push((ws_addr, ws_addr.to_string()));
+        self.ctx.server_lat = self.servers.iter().map(|_| Histogram::new()).collect();
+        self.servers.len() - 1
+    }
+
+    /// Latency of the deliveries to clients of server `k` (several servers
+    /// only).
+    pub fn server_latency(&self, k: usize) -> Option<&Histogram> {
+        self.ctx.server_lat.get(k)
+    }
+
     /// Starts (true) or stops recording latencies and window deliveries;
     /// starting clears both.
     pub fn set_recording(&mut self, on: bool) {
         if on {
             self.ctx.lat.clear();
+            self.ctx.server_lat.iter_mut().for_each(Histogram::clear);
             self.ctx.tally.window_deliveries = 0;
         }
         self.ctx.recording = on;
@@ -483,6 +531,25 @@ impl Net {
 
     /// Connects the backend (or control) connection; blocks until connected.
     pub fn connect_backend(&mut self, addr: SocketAddr, kind: BackendKind) -> io::Result<()> {
+        self.backend = Some(self.open_backend(addr, kind, BACKEND)?);
+        Ok(())
+    }
+
+    /// Cluster mode: connects a backend to another broker, to accept the
+    /// clients sent there (it sends nothing else).
+    pub fn connect_other_backend(&mut self, addr: SocketAddr) -> io::Result<()> {
+        let token = other_token(self.others.len());
+        let b = self.open_backend(addr, BackendKind::Broker, token)?;
+        self.others.push(b);
+        Ok(())
+    }
+
+    fn open_backend(
+        &mut self,
+        addr: SocketAddr,
+        kind: BackendKind,
+        token: Token,
+    ) -> io::Result<Backend> {
         let std = std::net::TcpStream::connect_timeout(
             &addr,
             self.remaining().max(Duration::from_millis(1)),
@@ -492,10 +559,10 @@ impl Net {
         let mut stream = TcpStream::from_std(std);
         self.poll.registry().register(
             &mut stream,
-            BACKEND,
+            token,
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        self.backend = Some(Backend {
+        Ok(Backend {
             stream,
             kind,
             rbuf: Vec::new(),
@@ -507,8 +574,7 @@ impl Net {
             extra_rooms: 0,
             counts: BackendCounts::default(),
             closed: false,
-        });
-        Ok(())
+        })
     }
 
     /// Adds a client (not connected yet) asking for `path`; returns its index.
@@ -518,6 +584,7 @@ impl Net {
             stream: None,
             state: State::Idle,
             stall: Stall::No,
+            server: 0,
             path,
             tag,
             expect,
@@ -540,9 +607,10 @@ impl Net {
 
     fn start_connect(&mut self, i: usize) {
         let src = (!self.sources.is_empty()).then(|| self.sources[i % self.sources.len()]);
+        let ws_addr = self.servers[self.clients[i].server].0;
         let made = match src {
-            None => TcpStream::connect(self.ws_addr),
-            Some(ip) => os::connect_from(ip, self.ws_addr),
+            None => TcpStream::connect(ws_addr),
+            Some(ip) => os::connect_from(ip, ws_addr),
         };
         let c = &mut self.clients[i];
         c.started_ns = now_ns();
@@ -569,7 +637,8 @@ impl Net {
 
     /// Connects clients `range`, at most `concurrency` handshakes at a time,
     /// until each is open or failed and, with our own backend on a broker,
-    /// the broker has announced every open one with new_connection.
+    /// the broker has announced every open one with new_connection (each
+    /// broker of a cluster to its own backend).
     pub fn connect_clients(
         &mut self,
         range: std::ops::Range<usize>,
@@ -582,16 +651,7 @@ impl Net {
                 next += 1;
             }
             let settled = next == range.end && self.ctx.inflight_connects == 0;
-            let registered = match &self.backend {
-                Some(b) if b.kind == BackendKind::Broker => {
-                    let open = self.clients[range.clone()]
-                        .iter()
-                        .filter(|c| c.state == State::Open)
-                        .count() as u64;
-                    b.counts.registered >= open
-                }
-                _ => true,
-            };
+            let registered = self.registered(range.clone());
             if settled && registered {
                 return Ok(());
             }
@@ -599,14 +659,42 @@ impl Net {
         }
     }
 
+    /// Whether each backend of ours on a broker has been told of every open
+    /// client of `range` that connected to its broker (the clients outside
+    /// `range` were connected, and announced, before).
+    fn registered(&self, range: std::ops::Range<usize>) -> bool {
+        let backends = std::iter::once(self.backend.as_ref())
+            .chain(self.others.iter().map(Some))
+            .enumerate();
+        for (server, b) in backends {
+            let Some(b) = b.filter(|b| b.kind == BackendKind::Broker) else {
+                continue;
+            };
+            let open = self.clients[range.clone()]
+                .iter()
+                .filter(|c| c.state == State::Open && c.server == server)
+                .count() as u64;
+            if b.counts.registered < open {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Connects one extra client to `path` until the server upgrades it
     /// (retrying refusals every 100 ms until the deadline), then closes it.
     /// Tells that the server and, for a broker, some backend are ready.
     pub fn probe(&mut self, path: &str) -> Result<(), Stop> {
+        self.probe_server(path, 0)
+    }
+
+    /// [`Net::probe`] on server `server`.
+    pub fn probe_server(&mut self, path: &str, server: usize) -> Result<(), Stop> {
         let mut tries = 0u32;
         let phase = self.phase.clone();
         loop {
             let i = self.add_client(format!("{path}{tries}"), 0, 0);
+            self.clients[i].server = server;
             let failed_before = self.ctx.tally.failed;
             let reasons_before = self.ctx.tally.fail_reasons.clone();
             self.start_connect(i);
@@ -664,14 +752,11 @@ impl Net {
     pub fn close_all_and_settle(&mut self, wait: Duration) {
         self.close_all();
         let until = Instant::now() + wait;
-        while let Some(b) = self.backend.as_ref() {
-            if b.kind != BackendKind::Broker
-                || b.counts.unregistered >= b.counts.registered
-                || Instant::now() >= until
-            {
-                break;
-            }
-            if self.turn(Duration::from_millis(20)).is_err() {
+        while Instant::now() < until {
+            let settled = self.backend.iter().chain(self.others.iter()).all(|b| {
+                b.kind != BackendKind::Broker || b.counts.unregistered >= b.counts.registered
+            });
+            if settled || self.turn(Duration::from_millis(20)).is_err() {
                 break;
             }
         }
@@ -682,11 +767,19 @@ impl Net {
         send_echo(&mut self.clients[i], i, &mut self.ctx);
     }
 
-    /// Writes the backend's queued bytes now.
+    /// Writes the backends' queued bytes now.
     pub fn flush_backend(&mut self) -> Result<(), Stop> {
         if let Some(b) = self.backend.as_mut() {
             b.flush()
                 .map_err(|e| Stop::Failed(format!("backend connection failed: {e}")))?;
+        }
+        for (k, b) in self.others.iter_mut().enumerate() {
+            b.flush().map_err(|e| {
+                Stop::Failed(format!(
+                    "backend connection to broker {} failed: {e}",
+                    k + 1
+                ))
+            })?;
         }
         Ok(())
     }
@@ -712,7 +805,19 @@ impl Net {
         for k in 0..self.ready.len() {
             let (token, readable, writable) = self.ready[k];
             if token == BACKEND {
-                self.backend_event(readable, writable)?;
+                if let Some(b) = self.backend.as_mut() {
+                    backend_event(b, &mut self.scratch, readable, writable, "")?;
+                }
+            } else if token.0 > other_token(self.others.len()).0 {
+                let k = usize::MAX - 2 - token.0;
+                let what = format!(" to broker {}", k + 1);
+                backend_event(
+                    &mut self.others[k],
+                    &mut self.scratch,
+                    readable,
+                    writable,
+                    &what,
+                )?;
             } else {
                 self.client_event(token.0, readable, writable);
             }
@@ -724,25 +829,6 @@ impl Net {
         }
         dirty.clear();
         self.ctx.dirty = dirty;
-        Ok(())
-    }
-
-    fn backend_event(&mut self, readable: bool, writable: bool) -> Result<(), Stop> {
-        let Some(b) = self.backend.as_mut() else {
-            return Ok(());
-        };
-        if writable {
-            b.writable = true;
-        }
-        if readable {
-            b.read(&mut self.scratch)
-                .map_err(|e| Stop::Failed(format!("backend connection failed: {e}")))?;
-            if b.closed {
-                return Err(Stop::Failed(
-                    "the server closed the backend connection".into(),
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -768,7 +854,8 @@ impl Net {
                 Ok(_) => {
                     c.state = State::Upgrading;
                     let key = c.key;
-                    ws::upgrade_request(&mut c.wbuf, &c.path, &self.host, &key);
+                    let host = &self.servers[c.server].1;
+                    ws::upgrade_request(&mut c.wbuf, &c.path, host, &key);
                     self.ctx.dirty.push(i);
                     c.queued = true;
                 }
@@ -927,6 +1014,30 @@ impl Net {
     }
 }
 
+/// A poll event on one of our backend connections (`what` names which in
+/// errors: empty for the one that sends).
+fn backend_event(
+    b: &mut Backend,
+    scratch: &mut [u8],
+    readable: bool,
+    writable: bool,
+    what: &str,
+) -> Result<(), Stop> {
+    if writable {
+        b.writable = true;
+    }
+    if readable {
+        b.read(scratch)
+            .map_err(|e| Stop::Failed(format!("backend connection{what} failed: {e}")))?;
+        if b.closed {
+            return Err(Stop::Failed(format!(
+                "the server closed the backend connection{what}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn fail(tally: &mut Tally, c: &mut Client, why: String) {
     c.state = State::Failed;
     tally.failed += 1;
@@ -1034,6 +1145,9 @@ fn message(c: &mut Client, i: usize, p: &[u8], now: u64, ctx: &mut Ctx) {
         if ctx.recording {
             t.window_deliveries += 1;
             ctx.lat.record(now.saturating_sub(ts));
+            if let Some(h) = ctx.server_lat.get_mut(c.server) {
+                h.record(now.saturating_sub(ts));
+            }
         }
         if let Some(echo) = ctx.echo {
             c.inflight = c.inflight.saturating_sub(1);

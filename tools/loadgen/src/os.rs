@@ -108,6 +108,68 @@ pub fn self_wait_s() -> Option<f64> {
     schedstat("/proc/self/task").map(|s| s.1)
 }
 
+/// Time one CPU spent, from its line of /proc/stat (clock ticks, so 10 ms
+/// resolution), in seconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CoreTimes {
+    /// Running anything: user, nice, system, irq and softirq.
+    pub busy_s: f64,
+    /// The part of it spent on tasks at a positive nice level (a fuzzer at
+    /// nice 19, say): never one of ours.
+    pub nice_s: f64,
+    /// Taken by the hypervisor for other guests.
+    pub steal_s: f64,
+}
+
+impl CoreTimes {
+    pub fn since(&self, earlier: &CoreTimes) -> CoreTimes {
+        CoreTimes {
+            busy_s: self.busy_s - earlier.busy_s,
+            nice_s: self.nice_s - earlier.nice_s,
+            steal_s: self.steal_s - earlier.steal_s,
+        }
+    }
+}
+
+/// What CPU `core` has done since boot (/proc/stat `cpuN` line).
+pub fn core_times(core: usize) -> Option<CoreTimes> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse::<f64>().map(|t| t / clock_ticks()))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal ...
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    Some(CoreTimes {
+        busy_s: at(0) + at(1) + at(2) + at(5) + at(6),
+        nice_s: at(1),
+        steal_s: at(7),
+    })
+}
+
+/// write(2) and writev(2) calls process `pid` has made (syscw of
+/// /proc/PID/io; recv and send, which std's sockets read with, are not
+/// counted there).
+pub fn write_calls(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The load averages over 1, 5 and 15 minutes (/proc/loadavg).
+pub fn loadavg() -> Option<[f64; 3]> {
+    let s = fs::read_to_string("/proc/loadavg").ok()?;
+    let mut f = s.split_whitespace().map(|v| v.parse::<f64>().ok());
+    Some([f.next()??, f.next()??, f.next()??])
+}
+
 /// Resident set size of `pid` in KiB (VmRSS of /proc/PID/status).
 pub fn rss_kb(pid: u32) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;

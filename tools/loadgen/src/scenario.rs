@@ -6,22 +6,22 @@
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use crate::net::{BackendKind, Echo, Net, Stall, State, Stop};
+use crate::net::{BackendCounts, BackendKind, Echo, Net, Stall, State, Stop};
 use crate::os::{self, CpuSample};
 use crate::report::{fmt_rate, round, Report};
 use crate::target::{Kind, Target};
 use crate::ws::BROADCAST_TAG;
 use crate::{Config, Scenario};
 
-fn cpu_of(pid: Option<u32>) -> Option<CpuSample> {
+pub(crate) fn cpu_of(pid: Option<u32>) -> Option<CpuSample> {
     pid.and_then(|p| os::cpu(p).ok())
 }
 
-fn cpu_between(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<CpuSample> {
+pub(crate) fn cpu_between(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<CpuSample> {
     Some(b?.since(&a?))
 }
 
-fn rss_of(pid: Option<u32>) -> Option<u64> {
+pub(crate) fn rss_of(pid: Option<u32>) -> Option<u64> {
     pid.and_then(|p| os::rss_kb(p).ok())
 }
 
@@ -31,7 +31,7 @@ fn rss_of(pid: Option<u32>) -> Option<u64> {
 /// a free one in connect() slows down as they fill (19,000 connections
 /// from one address cost the tool 6 s of CPU, from four 0.7 s), which
 /// would make the tool, not the server, set the connect rate.
-fn sources(cfg: &Config, connections: usize) -> Vec<Ipv4Addr> {
+pub(crate) fn sources(cfg: &Config, connections: usize) -> Vec<Ipv4Addr> {
     let n = cfg.sources.unwrap_or(connections.div_ceil(4_000));
     if n <= 1 {
         Vec::new()
@@ -40,7 +40,7 @@ fn sources(cfg: &Config, connections: usize) -> Vec<Ipv4Addr> {
     }
 }
 
-fn with_progress(net: &Net, stop: Stop) -> Stop {
+pub(crate) fn with_progress(net: &Net, stop: Stop) -> Stop {
     let t = net.tally();
     let detail = format!(
         " (connected {}, failed {}, deliveries {}, unexpected closes {})",
@@ -134,26 +134,7 @@ pub fn run(cfg: &Config, target: &mut Target, deadline: Instant) -> Result<Repor
 
     net.close_all_and_settle(Duration::from_secs(2));
     if let Some(b) = net.backend.as_ref() {
-        let c = &b.counts;
-        r.set("backend_connection_requests", c.connection_requests);
-        r.set("backend_new_messages", c.new_messages);
-        r.set("backend_disconnected", c.disconnected);
-        r.set("backend_registered", c.registered);
-        r.set("backend_unregistered", c.unregistered);
-        r.set("backend_errors", c.errors);
-        r.set("backend_unparsable", c.unparsable);
-        if c.errors > 0 {
-            r.problems.push(format!(
-                "the broker sent {} error events, e.g. {:?}",
-                c.errors, c.error_samples
-            ));
-        }
-        if c.unparsable > 0 {
-            r.problems.push(format!(
-                "{} backend lines were not valid JSON",
-                c.unparsable
-            ));
-        }
+        backend_checks(&mut r, &b.counts);
     }
     if let Some(status) = target.exit_status() {
         r.problems.push(format!(
@@ -162,6 +143,30 @@ pub fn run(cfg: &Config, target: &mut Target, deadline: Instant) -> Result<Repor
         ));
     }
     Ok(r)
+}
+
+/// What our backend connection(s) on a broker saw: every figure, and a
+/// problem for error events or lines that were not JSON.
+pub(crate) fn backend_checks(r: &mut Report, c: &BackendCounts) {
+    r.set("backend_connection_requests", c.connection_requests);
+    r.set("backend_new_messages", c.new_messages);
+    r.set("backend_disconnected", c.disconnected);
+    r.set("backend_registered", c.registered);
+    r.set("backend_unregistered", c.unregistered);
+    r.set("backend_errors", c.errors);
+    r.set("backend_unparsable", c.unparsable);
+    if c.errors > 0 {
+        r.problems.push(format!(
+            "the broker sent {} error events, e.g. {:?}",
+            c.errors, c.error_samples
+        ));
+    }
+    if c.unparsable > 0 {
+        r.problems.push(format!(
+            "{} backend lines were not valid JSON",
+            c.unparsable
+        ));
+    }
 }
 
 /// Connects clients 0..n and reports connect rate, handshake latency,
@@ -242,7 +247,7 @@ fn connect_phase(
     Ok(())
 }
 
-fn loss_checks(net: &Net, r: &mut Report, expected: u64) {
+pub(crate) fn loss_checks(net: &Net, r: &mut Report, expected: u64) {
     let t = net.tally();
     let duplicates: u64 = net.clients.iter().map(|c| c.seen.duplicates).sum();
     let late: u64 = net.clients.iter().map(|c| c.seen.late).sum();
@@ -288,7 +293,7 @@ fn loss_checks(net: &Net, r: &mut Report, expected: u64) {
     }
 }
 
-fn tool_cpu(r: &mut Report, cpu_s: f64, wait_s: Option<f64>, wall_s: f64) {
+pub(crate) fn tool_cpu(r: &mut Report, cpu_s: f64, wait_s: Option<f64>, wall_s: f64) {
     let busy = if wall_s > 0.0 { cpu_s / wall_s } else { 0.0 };
     let waited = wait_s.map(|w| if wall_s > 0.0 { w / wall_s } else { 0.0 });
     r.set("loadgen_cpu_s", round(cpu_s, 3));
@@ -382,74 +387,20 @@ fn fanout(
         .map(|c| c.expect)
         .sum();
 
-    net.phase = format!("sending {messages} messages, {expected} deliveries expected");
-    net.set_recording(true);
     let cpu_a = cpu_of(target.pid);
     let self_a = os::self_cpu_s();
     let wait_a = os::self_wait_s();
-    let start = Instant::now();
-    let start_ns = os::now_ns();
-    let mut sent = 0u64;
-    let mut all_sent = None;
-    let mut last_progress = (0u64, Instant::now());
-    let mut stalled = false;
-    let mut rss_max = rss_of(target.pid);
-    let mut rss_sampled = Instant::now();
-    loop {
-        let now = Instant::now();
-        if now.duration_since(rss_sampled) >= Duration::from_millis(100) {
-            rss_sampled = now;
-            rss_max = rss_max.max(rss_of(target.pid));
-        }
-        if sent < messages {
-            let b = net.backend.as_mut().expect("fan-out needs a backend");
-            if rate > 0.0 {
-                while sent < messages && start + Duration::from_secs_f64(sent as f64 / rate) <= now
-                {
-                    let room = (sent % rooms as u64) as u32;
-                    queue(b, broadcast, room, sent, rooms, cfg.size);
-                    sent += 1;
-                }
-            } else {
-                while sent < messages && b.pending() < 64 * 1024 {
-                    let room = (sent % rooms as u64) as u32;
-                    queue(b, broadcast, room, sent, rooms, cfg.size);
-                    sent += 1;
-                }
-            }
-            net.flush_backend()?;
-            if sent == messages {
-                all_sent = Some(Instant::now());
-            }
-        }
-        let delivered = net.tally().deliveries;
-        if delivered != last_progress.0 {
-            last_progress = (delivered, now);
-        }
-        if sent == messages && delivered >= expected {
-            break;
-        }
-        if let Some(t) = all_sent {
-            if now.duration_since(last_progress.1.max(t)) > cfg.drain {
-                stalled = true;
-                break;
-            }
-        }
-        let backend_has_room = net.backend.as_ref().is_some_and(|b| b.writable());
-        let wait = if rate > 0.0 && sent < messages {
-            (start + Duration::from_secs_f64(sent as f64 / rate)).saturating_duration_since(now)
-        } else if sent < messages && backend_has_room {
-            // A write that did not block brings no EPOLLOUT edge: go on
-            // sending without waiting for one.
-            Duration::ZERO
-        } else {
-            Duration::from_millis(50)
-        };
-        net.turn(wait)?;
-    }
+    let streamed = stream(cfg, net, expected, target.pid)?;
     let cpu_b = cpu_of(target.pid);
     let self_b = os::self_cpu_s();
     let wait_b = os::self_wait_s();
+    let Streamed {
+        start,
+        start_ns,
+        all_sent,
+        stalled,
+        rss_max,
+    } = streamed;
     let wall = start.elapsed().as_secs_f64();
     net.set_recording(false);
 
@@ -534,6 +485,111 @@ fn fanout(
         ));
     }
     Ok(())
+}
+
+/// What the fan-out's stream saw.
+pub struct Streamed {
+    /// When the first message was queued.
+    pub start: Instant,
+    pub start_ns: u64,
+    /// When the last message was written to the backend connection.
+    pub all_sent: Option<Instant>,
+    /// Deliveries stopped for --drain before all arrived.
+    pub stalled: bool,
+    /// Highest RSS of `rss_pid` sampled every 100 ms.
+    pub rss_max: Option<u64>,
+}
+
+/// The fan-out's measured phase: sends the messages through the backend
+/// (at --rate, or as fast as its connection takes them) and handles
+/// deliveries until `expected` have arrived or none came for --drain
+/// after the last send. Recording is on when it returns.
+pub fn stream(
+    cfg: &Config,
+    net: &mut Net,
+    expected: u64,
+    rss_pid: Option<u32>,
+) -> Result<Streamed, Stop> {
+    let Scenario::Fanout {
+        rooms,
+        messages,
+        rate,
+        broadcast,
+        ..
+    } = cfg.scenario
+    else {
+        unreachable!()
+    };
+    let rooms = rooms.max(1);
+    net.phase = format!("sending {messages} messages, {expected} deliveries expected");
+    net.set_recording(true);
+    let start = Instant::now();
+    let start_ns = os::now_ns();
+    let mut sent = 0u64;
+    let mut all_sent = None;
+    let mut last_progress = (0u64, Instant::now());
+    let mut stalled = false;
+    let mut rss_max = rss_of(rss_pid);
+    let mut rss_sampled = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now.duration_since(rss_sampled) >= Duration::from_millis(100) {
+            rss_sampled = now;
+            rss_max = rss_max.max(rss_of(rss_pid));
+        }
+        if sent < messages {
+            let b = net.backend.as_mut().expect("fan-out needs a backend");
+            if rate > 0.0 {
+                while sent < messages && start + Duration::from_secs_f64(sent as f64 / rate) <= now
+                {
+                    let room = (sent % rooms as u64) as u32;
+                    queue(b, broadcast, room, sent, rooms, cfg.size);
+                    sent += 1;
+                }
+            } else {
+                while sent < messages && b.pending() < 64 * 1024 {
+                    let room = (sent % rooms as u64) as u32;
+                    queue(b, broadcast, room, sent, rooms, cfg.size);
+                    sent += 1;
+                }
+            }
+            net.flush_backend()?;
+            if sent == messages {
+                all_sent = Some(Instant::now());
+            }
+        }
+        let delivered = net.tally().deliveries;
+        if delivered != last_progress.0 {
+            last_progress = (delivered, now);
+        }
+        if sent == messages && delivered >= expected {
+            break;
+        }
+        if let Some(t) = all_sent {
+            if now.duration_since(last_progress.1.max(t)) > cfg.drain {
+                stalled = true;
+                break;
+            }
+        }
+        let backend_has_room = net.backend.as_ref().is_some_and(|b| b.writable());
+        let wait = if rate > 0.0 && sent < messages {
+            (start + Duration::from_secs_f64(sent as f64 / rate)).saturating_duration_since(now)
+        } else if sent < messages && backend_has_room {
+            // A write that did not block brings no EPOLLOUT edge: go on
+            // sending without waiting for one.
+            Duration::ZERO
+        } else {
+            Duration::from_millis(50)
+        };
+        net.turn(wait)?;
+    }
+    Ok(Streamed {
+        start,
+        start_ns,
+        all_sent,
+        stalled,
+        rss_max,
+    })
 }
 
 fn queue(
