@@ -110,8 +110,7 @@ fn fan_out(c: &mut Criterion) {
             group.bench_function(
                 format!("{members} members x {frames_per_turn} frames/turn: batch + flush"),
                 |b| {
-                    let mut queues: Vec<OutQueue> =
-                        (0..members).map(|_| OutQueue::new()).collect();
+                    let mut queues: Vec<OutQueue> = (0..members).map(|_| OutQueue::new()).collect();
                     let mut sink = Sink(0);
                     b.iter(|| {
                         let frames: Vec<_> = (0..frames_per_turn)
