@@ -17,6 +17,20 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
+/// The quantiles every latency distribution is reported at.
+const QUANTILES: [(&str, f64); 10] = [
+    ("p10", 0.10),
+    ("p25", 0.25),
+    ("p50", 0.50),
+    ("p75", 0.75),
+    ("p90", 0.90),
+    ("p95", 0.95),
+    ("p99", 0.99),
+    ("p99.9", 0.999),
+    ("p99.99", 0.9999),
+    ("max", 1.0),
+];
+
 /// Rounds for display and JSON (figures are noisy beyond 4 digits).
 pub fn round(v: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
@@ -46,6 +60,17 @@ impl Report {
         self.set(&format!("{prefix}_max_us"), max);
         self.set(&format!("{prefix}_mean_us"), mean);
         self.set(&format!("{prefix}_samples"), h.count());
+        // The distribution, HdrHistogram style: the value at each of these
+        // quantiles, so two runs' tails can be laid side by side.
+        let mut distribution = Map::new();
+        let mut text = Vec::new();
+        for (name, q) in QUANTILES {
+            let v = us(h.quantile(q));
+            distribution.insert(name.to_owned(), v.into());
+            text.push(format!("{name} {}", fmt_us(v)));
+        }
+        self.set(&format!("{prefix}_quantiles_us"), Value::Object(distribution));
+        self.line(&format!("{label} by quantile"), text.join(" "));
         self.line(
             label,
             format!(
