@@ -66,6 +66,9 @@ pub struct OutQueue {
     popped: u64,
     pongs: usize,
     last_pong: u64,
+    /// Entries before this absolute position are never discarded (the
+    /// handshake reply: a close frame without it would not be WebSocket).
+    pinned: u64,
 }
 
 /// The memory one entry of `len` bytes stands for.
@@ -138,10 +141,21 @@ impl OutQueue {
         self.push(pong);
     }
 
+    /// Keeps everything queued now through [`OutQueue::discard_unstarted`]:
+    /// the HTTP reply of an upgrade must reach the client before any frame
+    /// (a slow consumer's close frame included).
+    pub fn pin(&mut self) {
+        self.pinned = self.popped + self.frames.len() as u64;
+    }
+
     /// Drops every buffer that has not started to be written, keeping a
-    /// partly written front buffer so the stream stays well-formed.
+    /// partly written front buffer and the pinned ones so the stream stays
+    /// well-formed.
     pub fn discard_unstarted(&mut self) {
-        let keep = usize::from(self.offset > 0);
+        let pinned = self.pinned.saturating_sub(self.popped) as usize;
+        let keep = usize::from(self.offset > 0)
+            .max(pinned)
+            .min(self.frames.len());
         for frame in self.frames.drain(keep..) {
             self.bytes -= frame.len();
             self.cost -= cost_of(frame.len());
@@ -295,6 +309,28 @@ mod tests {
         sink.calls_left = 10;
         q.flush(&mut sink).unwrap();
         assert_eq!(sink.out, b"abcdef");
+    }
+
+    #[test]
+    fn discard_keeps_the_pinned_reply() {
+        let mut q = OutQueue::new();
+        q.push(Rc::from(&b"HTTP/1.1 101\r\n\r\n"[..]));
+        q.pin();
+        q.push(Rc::from(&b"frame"[..]));
+        q.discard_unstarted();
+        assert_eq!(q.bytes(), 16);
+        q.push(Rc::from(&b"close"[..]));
+        let mut sink = Trickle {
+            out: Vec::new(),
+            per_call: 100,
+            calls_left: 10,
+        };
+        q.flush(&mut sink).unwrap();
+        assert_eq!(sink.out, b"HTTP/1.1 101\r\n\r\nclose");
+        // Once written, the pin is spent: later frames may all go.
+        q.push(Rc::from(&b"more"[..]));
+        q.discard_unstarted();
+        assert!(q.is_empty());
     }
 
     #[test]
