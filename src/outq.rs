@@ -123,6 +123,9 @@ pub struct OutQueue {
     popped: u64,
     pongs: usize,
     last_pong: u64,
+    /// Entries before this absolute position are never discarded (the
+    /// handshake reply: a close frame without it would not be WebSocket).
+    pinned: u64,
 }
 
 /// The memory one frame of `len` bytes stands for.
@@ -212,9 +215,33 @@ impl OutQueue {
         self.push(pong);
     }
 
+    /// Keeps everything queued now through [`OutQueue::discard_unstarted`]:
+    /// the HTTP reply of an upgrade must reach the client before any frame
+    /// (a slow consumer's close frame included).
+    pub fn pin(&mut self) {
+        self.pinned = self.popped + self.entries.len() as u64;
+    }
+
     /// Drops every frame that has not started to be written, keeping a
-    /// partly written one so the stream stays well-formed.
+    /// partly written one and the pinned entries so the stream stays
+    /// well-formed.
     pub fn discard_unstarted(&mut self) {
+        let pinned = (self.pinned.saturating_sub(self.popped) as usize).min(self.entries.len());
+        if pinned > 0 {
+            // The pinned entries are at the front, the one being written
+            // among them: everything behind them goes.
+            for entry in self.entries.drain(pinned..) {
+                for frame in entry.frames() {
+                    self.frames -= 1;
+                    self.bytes -= frame.len();
+                    self.cost -= cost_of(frame.len());
+                }
+                if entry.is_pong() {
+                    self.pongs -= 1;
+                }
+            }
+            return;
+        }
         let kept = if self.offset > 0 {
             self.entries
                 .front()
@@ -419,6 +446,28 @@ mod tests {
         sink.calls_left = 10;
         q.flush(&mut sink).unwrap();
         assert_eq!(sink.out, b"abcdef");
+    }
+
+    #[test]
+    fn discard_keeps_the_pinned_reply() {
+        let mut q = OutQueue::new();
+        q.push(Rc::from(&b"HTTP/1.1 101\r\n\r\n"[..]));
+        q.pin();
+        q.push(Rc::from(&b"frame"[..]));
+        q.discard_unstarted();
+        assert_eq!(q.bytes(), 16);
+        q.push(Rc::from(&b"close"[..]));
+        let mut sink = Trickle {
+            out: Vec::new(),
+            per_call: 100,
+            calls_left: 10,
+        };
+        q.flush(&mut sink).unwrap();
+        assert_eq!(sink.out, b"HTTP/1.1 101\r\n\r\nclose");
+        // Once written, the pin is spent: later frames may all go.
+        q.push(Rc::from(&b"more"[..]));
+        q.discard_unstarted();
+        assert!(q.is_empty());
     }
 
     #[test]

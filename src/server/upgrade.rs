@@ -247,6 +247,7 @@ impl Server {
             &accept_key,
             answer.subprotocol.as_deref(),
         )));
+        c.outq.pin();
         c.context = Some(context);
         c.backend = self.backends.get(backend_key).map(|b| ConnRef {
             key: backend_key,

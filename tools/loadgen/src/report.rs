@@ -69,7 +69,10 @@ impl Report {
             distribution.insert(name.to_owned(), v.into());
             text.push(format!("{name} {}", fmt_us(v)));
         }
-        self.set(&format!("{prefix}_quantiles_us"), Value::Object(distribution));
+        self.set(
+            &format!("{prefix}_quantiles_us"),
+            Value::Object(distribution),
+        );
         self.line(&format!("{label} by quantile"), text.join(" "));
         self.line(
             label,
