@@ -312,6 +312,20 @@ def scenarios(quick):
             CONNS_FIGURES,
         ),
     ]
+    # Issue 15's sizes: ten times the messages of the two fan-out scenarios
+    # above (10 million deliveries each).
+    big = [(200, 1000), (1000, 100)] if quick else [(1000, 10000), (10000, 1000)]
+    for n, m in big:
+        out.append(
+            scenario(
+                f"fanout_{n}x{m}",
+                "big",
+                f"fan-out {n:,} subscribers x {m:,} messages (64 B), as fast as possible",
+                fan(n, m),
+                FANOUT_FIGURES,
+                timeout=180,
+            )
+        )
     # The sweep reuses the fan-out scenarios above where the sizes match.
     known = {s["id"] for s in out}
     # Linear cost at a fixed number of messages (the same batching per
@@ -355,7 +369,7 @@ def scenarios(quick):
     return out + cluster_scenarios(quick)
 
 
-GROUPS = ["fanout", "rooms5", "rate", "broadcast", "echo", "echo70k", "conns", "sweep", "linear", "cluster"]
+GROUPS = ["fanout", "big", "rooms5", "rate", "broadcast", "echo", "echo70k", "conns", "sweep", "linear", "cluster"]
 
 
 def sh(cmd, **kw):
