@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Several broker binaries against each other and the limit server, interleaved.
+
+`run_benchmarks.py` measures one broker against the limit server. To tell
+whether a change made the broker faster or slower, the binaries before and
+after must share a sitting, and the machine's drift must hit them alike:
+this script runs every scenario once per binary (and once in limit mode)
+in each round, rotating the order every round, and prints the medians per
+binary, the ratio of each median to the limit's, and the median of the
+round-by-round ratios (`paired`).
+
+    cargo build --release --workspace
+    # a broker of an older commit, built from a clean export:
+    mkdir /tmp/b && git archive 582e49a | tar -x -C /tmp/b && (cd /tmp/b && cargo build --release)
+    python3 benches/compare_brokers.py --runs 7 \\
+        --bin before=/tmp/b/target/release/pystrands-server \\
+        --bin after=target/release/pystrands-server --out /tmp/compare.json
+    python3 benches/compare_brokers.py --summary /tmp/compare.json
+
+Scenarios (--only picks some): the fan-out, echo and connection scenarios of
+run_benchmarks.py, issue 15's ten-million-delivery fan-outs, the five-room
+fan-outs and the linear-cost series (N subscribers x 100 messages).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fan(n: int, m: int, *extra: str) -> list:
+    return ["fanout", "--subscribers", str(n), "--messages", str(m), *extra]
+
+
+SCENARIOS = {
+    "fanout_1000x1000": fan(1000, 1000),
+    "fanout_10000x100": fan(10000, 100),
+    "echo_100x1": ["echo", "--clients", "100", "--inflight", "1", "--duration", "3", "--warmup", "0.5"],
+    "conns_19000": ["conns", "--connections", "19000", "--hold", "1"],
+    "fanout_1000x10000": fan(1000, 10000),
+    "fanout_10000x1000": fan(10000, 1000),
+    "fanout_1000x1000_rooms5": fan(1000, 1000, "--rooms-per-client", "5"),
+    "fanout_10000x100_rooms5": fan(10000, 100, "--rooms-per-client", "5"),
+    "fanout_100x100": fan(100, 100),
+    "fanout_1000x100": fan(1000, 100),
+    "fanout_5000x100": fan(5000, 100),
+    "fanout_19000x100": fan(19000, 100),
+}
+
+#: The figure each kind of scenario is compared on.
+KEY = {
+    "fanout": "server_cpu_per_delivery_us",
+    "echo": "server_cpu_per_round_trip_us",
+    "conns": "server_connect_cpu_per_conn_us",
+}
+
+
+def measure(opts: argparse.Namespace) -> None:
+    bins = dict(b.split("=", 1) for b in opts.bin)
+    only = opts.only.split(",") if opts.only else list(SCENARIOS)
+    unknown = [s for s in only if s not in SCENARIOS]
+    if unknown:
+        sys.exit(f"--only: unknown {unknown}; scenarios are {list(SCENARIOS)}")
+    pin = ["--server-core", str(opts.server_core), "--core", str(opts.core), "--json"]
+    records = []
+    started = time.time()
+    for run in range(opts.runs):
+        for sid in only:
+            targets = list(bins) + ["limit"]
+            k = run % len(targets)
+            for target in targets[k:] + targets[:k]:
+                cmd = [opts.loadgen, *SCENARIOS[sid], *pin]
+                cmd += ["--limit"] if target == "limit" else ["--server-bin", bins[target]]
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+                try:
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                except (IndexError, ValueError):
+                    result = {}
+                records.append({
+                    "run": run, "scenario": sid, "target": target, "rc": done.returncode,
+                    "command": cmd, "loadavg": open("/proc/loadavg").read().split()[:3],
+                    "result": result,
+                })
+                key = KEY[sid.split("_")[0]]
+                print(f"[{time.time() - started:6.0f}s] {sid} {target} run {run + 1}: "
+                      f"{key}={result.get(key)} rc={done.returncode} "
+                      f"runq-wait={result.get('server_runq_wait_share')}", flush=True)
+            with open(opts.out, "w") as f:
+                json.dump({"bins": bins, "records": records}, f)
+    print(f"wrote {opts.out}")
+
+
+def summary(path: str, extra: list) -> None:
+    data = json.load(open(path))
+    records = data["records"] if isinstance(data, dict) else data
+    by = defaultdict(lambda: defaultdict(dict))
+    order = []
+    for r in records:
+        if r["rc"] != 0:
+            print(f"not counted (exit {r['rc']}): {r['scenario']} {r['target']} run {r['run'] + 1}")
+            continue
+        by[r["scenario"]][r["target"]][r["run"]] = r["result"]
+        if r["target"] not in order:
+            order.append(r["target"])
+    order = [t for t in order if t != "limit"] + ["limit"]
+    print("| scenario | figure | " + " | ".join(order) + " |")
+    print("|---" * (len(order) + 2) + "|")
+    for sid, targets in by.items():
+        for fig in [KEY[sid.split("_")[0]], *extra]:
+            cells = []
+            limit = targets.get("limit", {})
+            lim = [v[fig] for v in limit.values() if v.get(fig) is not None]
+            lim_med = statistics.median(lim) if lim else None
+            for t in order:
+                runs = targets.get(t, {})
+                vals = [v[fig] for v in runs.values() if v.get(fig) is not None]
+                if not vals:
+                    cells.append("-")
+                    continue
+                med = statistics.median(vals)
+                cell = f"{med:.4g}"
+                if t != "limit" and lim_med:
+                    paired = [runs[i][fig] / limit[i][fig] for i in runs
+                              if i in limit and runs[i].get(fig) and limit[i].get(fig)]
+                    cell += f" ({med / lim_med:.2f}x"
+                    cell += f", paired {statistics.median(paired):.2f})" if paired else ")"
+                cells.append(f"{cell} n={len(vals)}")
+            print(f"| {sid} | {fig} | " + " | ".join(cells) + " |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bin", action="append", default=[], help="NAME=PATH of a broker binary (repeatable)")
+    ap.add_argument("--loadgen", default=os.path.join(ROOT, "target", "release", "loadgen"))
+    ap.add_argument("--runs", type=int, default=7, help="rounds (default 7)")
+    ap.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    ap.add_argument("--server-core", type=int, default=0)
+    ap.add_argument("--core", type=int, default=1)
+    ap.add_argument("--out", default="compare.json")
+    ap.add_argument("--summary", metavar="FILE", help="print the Markdown table of FILE and exit")
+    ap.add_argument("--figures", default="", help="with --summary: more figures to show, comma-separated")
+    opts = ap.parse_args()
+    if opts.summary:
+        summary(opts.summary, [f for f in opts.figures.split(",") if f])
+        return
+    if not opts.bin:
+        ap.error("give at least one --bin NAME=PATH")
+    measure(opts)
+
+
+if __name__ == "__main__":
+    main()
