@@ -17,8 +17,8 @@ use crate::os::{self, CpuSample};
 use crate::redis::Redis;
 use crate::report::{fmt_rate, round, Report};
 use crate::scenario::{
-    backend_checks, cpu_between, cpu_of, loss_checks, rss_of, sources, stream, tool_cpu,
-    with_progress, Streamed,
+    backend_checks, cpu_between, cpu_of, delivery_phase, loss_checks, rss_of, sources, stream,
+    tool_cpu, with_progress, Streamed,
 };
 use crate::target::{Kind, Target};
 use crate::ws::BROADCAST_TAG;
@@ -495,34 +495,9 @@ fn cluster_fanout(
     let wait_b = os::self_wait_s();
     let server_core_b = cfg.server_core.and_then(os::core_times);
     let tool_core_b = cfg.core.and_then(os::core_times);
-    let Streamed {
-        start,
-        start_ns,
-        all_sent,
-        stalled,
-        ..
-    } = streamed;
-    let wall = start.elapsed().as_secs_f64();
-    net.set_recording(false);
-
+    let wall = delivery_phase(&mut r, net, &streamed);
+    let Streamed { stalled, .. } = streamed;
     let t = net.tally();
-    let span = if t.deliveries > 0 {
-        (t.last_delivery_ns - start_ns) as f64 / 1e9
-    } else {
-        wall
-    };
-    let send_s = all_sent.map_or(wall, |a| a.duration_since(start).as_secs_f64());
-    r.set("phase_s", round(span, 4));
-    r.set("send_s", round(send_s, 4));
-    r.set("deliveries_per_s", round(t.deliveries as f64 / span, 1));
-    r.line(
-        "deliveries",
-        format!(
-            "{} in {span:.3} s = {} deliveries/s (messages sent in {send_s:.3} s)",
-            t.deliveries,
-            fmt_rate(t.deliveries as f64 / span)
-        ),
-    );
     let delivered: Vec<u64> = (0..n)
         .map(|k| {
             net.clients

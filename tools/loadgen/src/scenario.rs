@@ -394,34 +394,11 @@ fn fanout(
     let cpu_b = cpu_of(target.pid);
     let self_b = os::self_cpu_s();
     let wait_b = os::self_wait_s();
+    let wall = delivery_phase(r, net, &streamed);
     let Streamed {
-        start,
-        start_ns,
-        all_sent,
-        stalled,
-        rss_max,
+        stalled, rss_max, ..
     } = streamed;
-    let wall = start.elapsed().as_secs_f64();
-    net.set_recording(false);
-
     let t = net.tally();
-    let span = if t.deliveries > 0 {
-        (t.last_delivery_ns - start_ns) as f64 / 1e9
-    } else {
-        wall
-    };
-    let send_s = all_sent.map_or(wall, |a| a.duration_since(start).as_secs_f64());
-    r.set("phase_s", round(span, 4));
-    r.set("send_s", round(send_s, 4));
-    r.set("deliveries_per_s", round(t.deliveries as f64 / span, 1));
-    r.line(
-        "deliveries",
-        format!(
-            "{} in {span:.3} s = {} deliveries/s (messages sent in {send_s:.3} s)",
-            t.deliveries,
-            fmt_rate(t.deliveries as f64 / span)
-        ),
-    );
     r.latency("latency", "latency", net.latency());
     let deliveries = t.deliveries;
     r.cpu(
@@ -488,6 +465,36 @@ fn fanout(
 }
 
 /// What the fan-out's stream saw.
+/// Ends the measured phase of a stream: stops recording latencies and
+/// reports how long the deliveries took (`phase_s`: first message queued to
+/// last delivery), how long sending took (`send_s`) and the delivery rate.
+/// Returns the wall time since the first message was queued.
+pub fn delivery_phase(r: &mut Report, net: &mut Net, streamed: &Streamed) -> f64 {
+    let wall = streamed.start.elapsed().as_secs_f64();
+    net.set_recording(false);
+    let t = net.tally();
+    let span = if t.deliveries > 0 {
+        (t.last_delivery_ns - streamed.start_ns) as f64 / 1e9
+    } else {
+        wall
+    };
+    let send_s = streamed
+        .all_sent
+        .map_or(wall, |a| a.duration_since(streamed.start).as_secs_f64());
+    r.set("phase_s", round(span, 4));
+    r.set("send_s", round(send_s, 4));
+    r.set("deliveries_per_s", round(t.deliveries as f64 / span, 1));
+    r.line(
+        "deliveries",
+        format!(
+            "{} in {span:.3} s = {} deliveries/s (messages sent in {send_s:.3} s)",
+            t.deliveries,
+            fmt_rate(t.deliveries as f64 / span)
+        ),
+    );
+    wall
+}
+
 pub struct Streamed {
     /// When the first message was queued.
     pub start: Instant,
