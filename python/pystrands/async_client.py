@@ -550,7 +550,6 @@ class AsyncPyStrandsClient(
         self._connected = False
         if self._stopped is not None:
             self._stopped.set()
-        lost = queued + dropped + unread
         if running:
             logger.warning(
                 "broker at %s: %d handler(s) still running after %.1f s (shutdown_timeout); "
@@ -559,16 +558,7 @@ class AsyncPyStrandsClient(
                 running,
                 timeout,
             )
-        if lost:
-            logger.warning(
-                "broker at %s: %d event(s) not handled: %d read but not started in time, "
-                "%d arrived after the stop began, %d left unread in the socket",
-                self.address,
-                lost,
-                queued,
-                dropped,
-                unread,
-            )
+        protocol.log_unhandled(logger, self.address, queued, dropped, unread)
         logger.info("disconnected from the broker at %s", self.address)
 
     def _quiet(self) -> bool:

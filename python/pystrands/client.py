@@ -433,7 +433,6 @@ class PyStrandsClient(
             self._hurry.wait(min(0.01, max(0.0, deadline - monotonic())))
 
     def _report_stop(self, queued: int, dropped: int, unread: int, running: int, timeout: float) -> None:
-        lost = queued + dropped + unread
         if running:
             logger.warning(
                 "broker at %s: %d handler(s) still running after %.1f s (shutdown_timeout); "
@@ -442,16 +441,7 @@ class PyStrandsClient(
                 running,
                 timeout,
             )
-        if lost:
-            logger.warning(
-                "broker at %s: %d event(s) not handled: %d read but not started in time, "
-                "%d arrived after the stop began, %d left unread in the socket",
-                self.address,
-                lost,
-                queued,
-                dropped,
-                unread,
-            )
+        protocol.log_unhandled(logger, self.address, queued, dropped, unread)
 
     def _count_unread(self, sock: socket.socket) -> int:
         """Read (without handling) what the broker wrote that was never read,

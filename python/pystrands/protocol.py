@@ -789,6 +789,22 @@ def check_line_size(action: str, line: bytes, limit: int) -> bytes:
 
 logger = logging.getLogger("pystrands.protocol")
 
+
+def log_unhandled(log: logging.Logger, address: str, queued: int, dropped: int, unread: int) -> None:
+    """At the end of a graceful stop, say how many events were not handled
+    and why (nothing is logged when every event was)."""
+    lost = queued + dropped + unread
+    if lost:
+        log.warning(
+            "broker at %s: %d event(s) not handled: %d read but not started in time, "
+            "%d arrived after the stop began, %d left unread in the socket",
+            address,
+            lost,
+            queued,
+            dropped,
+            unread,
+        )
+
 #: A handler call for the I/O layer to make, in the broker's order: the
 #: handler and its arguments. The last argument is always the event's
 #: :class:`Context`, whose ``connection_id`` (or ``client_id``) can key
