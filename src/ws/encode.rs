@@ -26,26 +26,50 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// A final, unmasked frame with `opcode` and `payload` as a shared buffer,
+/// built in place: one allocation and one copy of the payload (a `Vec`
+/// turned into an `Rc<[u8]>` would cost a second of each).
+fn shared_frame(opcode: OpCode, payload: &[u8]) -> Shared {
+    let mut header = [0u8; MAX_HEADER];
+    let header_len = {
+        let mut cursor = &mut header[..];
+        let frame = FrameHeader {
+            opcode,
+            ..FrameHeader::default()
+        };
+        // Ten bytes hold any unmasked header, so this cannot fail.
+        let _ = frame.format(payload.len() as u64, &mut cursor);
+        MAX_HEADER - cursor.len()
+    };
+    let mut frame = Rc::<[u8]>::new_uninit_slice(header_len + payload.len());
+    let bytes = Rc::get_mut(&mut frame).expect("a new Rc has no other owner");
+    let start = bytes.as_mut_ptr().cast::<u8>();
+    // SAFETY: the slice is `header_len + payload.len()` bytes long and owned
+    // by `frame` alone; the two copies write all of it, without overlap
+    // (the sources are other buffers), so every byte is initialised.
+    unsafe {
+        std::ptr::copy_nonoverlapping(header.as_ptr(), start, header_len);
+        std::ptr::copy_nonoverlapping(payload.as_ptr(), start.add(header_len), payload.len());
+        frame.assume_init()
+    }
+}
+
 /// A complete text (or binary) message frame as a shared buffer.
 pub fn message(payload: &[u8], binary: bool) -> Shared {
-    let opcode = OpCode::Data(if binary { Data::Binary } else { Data::Text });
-    let mut out = Vec::with_capacity(MAX_HEADER + payload.len());
-    write_frame(&mut out, opcode, payload);
-    Rc::from(out)
+    shared_frame(
+        OpCode::Data(if binary { Data::Binary } else { Data::Text }),
+        payload,
+    )
 }
 
 /// A ping (the broker's liveness check).
 pub fn ping(payload: &[u8]) -> Shared {
-    let mut out = Vec::with_capacity(MAX_HEADER + payload.len());
-    write_frame(&mut out, OpCode::Control(Control::Ping), payload);
-    Rc::from(out)
+    shared_frame(OpCode::Control(Control::Ping), payload)
 }
 
 /// A pong echoing a ping's payload.
 pub fn pong(payload: &[u8]) -> Shared {
-    let mut out = Vec::with_capacity(MAX_HEADER + payload.len());
-    write_frame(&mut out, OpCode::Control(Control::Pong), payload);
-    Rc::from(out)
+    shared_frame(OpCode::Control(Control::Pong), payload)
 }
 
 /// A close frame with a status code and a reason (cut to fit 125 bytes at a
@@ -77,6 +101,12 @@ mod tests {
         let m = message(&vec![0u8; 70_000], false);
         assert_eq!(m[1], 127);
         assert_eq!(m.len(), 10 + 70_000);
+        assert_eq!(&m[2..10], &70_000u64.to_be_bytes());
+        let payload: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        assert_eq!(&message(&payload, true)[10..], &payload[..]);
+        assert_eq!(&message(b"", false)[..], &[0x81, 0]);
+        assert_eq!(&ping(b"p")[..], &[0x89, 1, b'p']);
+        assert_eq!(&pong(b"")[..], &[0x8A, 0]);
     }
 
     #[test]
