@@ -263,6 +263,12 @@ impl Server {
                     Ok(Flushed::Blocked) => c.ready.writable = false,
                     Err(e) => {
                         debug!("client {} write error: {e}", c.peer);
+                        // The client is gone, but what it sent before it
+                        // went still counts: read what the socket holds
+                        // (up to the turn's budget) before dropping it.
+                        c.ready.readable = true;
+                        c.ready.writable = false;
+                        self.client_read(key);
                         self.end_client(key, Ending::Drop);
                         continue;
                     }
