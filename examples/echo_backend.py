@@ -35,14 +35,22 @@ def main() -> None:
     parser.add_argument("--host", default="localhost", help="broker host (default: localhost)")
     parser.add_argument("--port", type=int, default=8081, help="broker backend TCP port (default: 8081)")
     parser.add_argument("--async", dest="use_async", action="store_true", help="use the asyncio client")
+    parser.add_argument(
+        "--max-line-size",
+        type=int,
+        default=16 * 1024 * 1024,
+        help="longest line sent to the broker, in bytes; match the broker's --max-line-size "
+        "(default: 16 MiB, the broker's default)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     # run_forever() stops gracefully on SIGTERM and Ctrl-C.
     if args.use_async:
-        asyncio.run(AsyncEchoBackend(args.host, args.port).run_forever())
+        client = AsyncEchoBackend(args.host, args.port, max_line_size=args.max_line_size)
+        asyncio.run(client.run_forever())
     else:
-        EchoBackend(args.host, args.port).run_forever()
+        EchoBackend(args.host, args.port, max_line_size=args.max_line_size).run_forever()
 
 
 if __name__ == "__main__":
