@@ -38,6 +38,27 @@ enum CorkTo {
     All,
 }
 
+impl CorkTo {
+    /// Whom messages to `audience` would be corked for; `None` for the
+    /// audiences that are never corked (one client, one connection).
+    fn of(audience: Audience<'_>) -> Option<CorkTo> {
+        match audience {
+            Audience::Room(room) => Some(CorkTo::Room(room.into())),
+            Audience::All => Some(CorkTo::All),
+            _ => None,
+        }
+    }
+
+    /// Whether messages to `audience` join the messages corked for `self`.
+    fn is(&self, audience: Audience<'_>) -> bool {
+        match (self, audience) {
+            (CorkTo::Room(r), Audience::Room(room)) => **r == *room,
+            (CorkTo::All, Audience::All) => true,
+            _ => false,
+        }
+    }
+}
+
 impl Server {
     /// Carries out one line from backend `from` (the auth gate is behind
     /// it), answering with an `ack` when the line asked for one. In cluster
@@ -279,46 +300,18 @@ impl Server {
         frame: &Shared,
         skip: &[usize],
     ) -> usize {
-        if skip.is_empty() {
-            let corked = match (&mut self.cork, audience) {
-                (
-                    Some(Cork {
-                        to: CorkTo::Room(r),
-                        frames,
-                    }),
-                    Audience::Room(room),
-                ) if **r == *room => {
-                    frames.push(frame.clone());
-                    true
+        if skip.is_empty() && matches!(audience, Audience::Room(_) | Audience::All) {
+            match self.cork.as_mut() {
+                Some(cork) if cork.to.is(audience) => cork.frames.push(frame.clone()),
+                _ => {
+                    self.seal();
+                    self.cork = CorkTo::of(audience).map(|to| Cork {
+                        to,
+                        frames: vec![frame.clone()],
+                    });
                 }
-                (
-                    Some(Cork {
-                        to: CorkTo::All,
-                        frames,
-                    }),
-                    Audience::All,
-                ) => {
-                    frames.push(frame.clone());
-                    true
-                }
-                _ => false,
-            };
-            let to = match audience {
-                Audience::Room(room) => Some(CorkTo::Room(room.into())),
-                Audience::All => Some(CorkTo::All),
-                _ => None,
-            };
-            if corked {
-                return self.hub.audience(audience).len();
             }
-            if let Some(to) = to {
-                self.seal();
-                self.cork = Some(Cork {
-                    to,
-                    frames: vec![frame.clone()],
-                });
-                return self.hub.audience(audience).len();
-            }
+            return self.hub.audience(audience).len();
         }
         self.seal();
         let members = self.hub.audience(audience);
