@@ -257,6 +257,11 @@ impl Cluster {
         }
     }
 
+    /// A command on the command link whose reply nobody waits for.
+    fn fire(&mut self, args: &[&[u8]]) -> bool {
+        self.command(Role::Cmd, args, Pending::Ignore)
+    }
+
     /// Queues a command on a link (dropped when the link is down).
     fn command(&mut self, role: Role, args: &[&[u8]], pending: Pending) -> bool {
         let link = self.link(role);
@@ -953,16 +958,8 @@ impl Server {
                     let id = self.ids.connection_id(serial);
                     let hash = cluster.names.presence(&room);
                     let zset = cluster.names.presence_expiry(&room);
-                    cluster.command(
-                        Role::Cmd,
-                        &[b"HDEL", hash.as_bytes(), id.as_bytes()],
-                        Pending::Ignore,
-                    );
-                    cluster.command(
-                        Role::Cmd,
-                        &[b"ZREM", zset.as_bytes(), id.as_bytes()],
-                        Pending::Ignore,
-                    );
+                    cluster.fire(&[b"HDEL", hash.as_bytes(), id.as_bytes()]);
+                    cluster.fire(&[b"ZREM", zset.as_bytes(), id.as_bytes()]);
                 }
             }
         }
@@ -1226,26 +1223,10 @@ fn write_presence(
 ) {
     let hash = cluster.names.presence(room);
     let zset = cluster.names.presence_expiry(room);
-    cluster.command(
-        Role::Cmd,
-        &[b"HSET", hash.as_bytes(), id.as_bytes(), value],
-        Pending::Ignore,
-    );
-    cluster.command(
-        Role::Cmd,
-        &[b"ZADD", zset.as_bytes(), expiry.as_bytes(), id.as_bytes()],
-        Pending::Ignore,
-    );
-    cluster.command(
-        Role::Cmd,
-        &[b"EXPIRE", hash.as_bytes(), ttl.as_bytes()],
-        Pending::Ignore,
-    );
-    cluster.command(
-        Role::Cmd,
-        &[b"EXPIRE", zset.as_bytes(), ttl.as_bytes()],
-        Pending::Ignore,
-    );
+    cluster.fire(&[b"HSET", hash.as_bytes(), id.as_bytes(), value]);
+    cluster.fire(&[b"ZADD", zset.as_bytes(), expiry.as_bytes(), id.as_bytes()]);
+    cluster.fire(&[b"EXPIRE", hash.as_bytes(), ttl.as_bytes()]);
+    cluster.fire(&[b"EXPIRE", zset.as_bytes(), ttl.as_bytes()]);
 }
 
 /// `{"client_id":..,"metadata":..}` of a connection, for its presence.
