@@ -209,6 +209,22 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Makes the process `cmd` starts die with the tool (even when the tool is
+/// SIGKILLed) and, with `core`, run pinned to that CPU.
+pub fn child_of_tool(cmd: &mut std::process::Command, core: Option<usize>) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the hook only makes async-signal-safe syscalls.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            match core {
+                Some(core) => pin_to_core(core),
+                None => Ok(()),
+            }
+        });
+    }
+}
+
 /// Pins the calling thread (or, in a pre_exec hook, the child) to one CPU,
 /// as `taskset -c core` would.
 pub fn pin_to_core(core: usize) -> io::Result<()> {

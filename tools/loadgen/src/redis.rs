@@ -7,7 +7,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,17 +56,7 @@ impl Redis {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            // SAFETY: the hook only makes async-signal-safe syscalls.
-            unsafe {
-                cmd.pre_exec(move || {
-                    // If the tool dies (even by SIGKILL), so does Redis.
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                    match core {
-                        Some(core) => os::pin_to_core(core),
-                        None => Ok(()),
-                    }
-                });
-            }
+            os::child_of_tool(&mut cmd, core);
             let child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {

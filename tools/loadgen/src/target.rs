@@ -9,7 +9,6 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -78,17 +77,7 @@ impl Target {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: the hook only makes async-signal-safe syscalls.
-        unsafe {
-            cmd.pre_exec(move || {
-                // If the tool dies (even by SIGKILL), so does the server.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                match core {
-                    Some(core) => os::pin_to_core(core),
-                    None => Ok(()),
-                }
-            });
-        }
+        os::child_of_tool(&mut cmd, core);
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {shown}: {e}"))?;
