@@ -17,9 +17,10 @@ round-by-round ratios (`paired`).
         --bin after=target/release/pystrands-server --out /tmp/compare.json
     python3 benches/compare_brokers.py --summary /tmp/compare.json
 
-Scenarios (--only picks some): the fan-out, echo and connection scenarios of
-run_benchmarks.py, issue 15's ten-million-delivery fan-outs, the five-room
-fan-outs and the linear-cost series (N subscribers x 100 messages).
+Scenarios are run_benchmarks.py's (`run_benchmarks.py --list` shows them and
+their commands); by default the fan-out, echo and connection scenarios,
+issue 15's ten-million-delivery fan-outs, the five-room fan-outs and the
+linear-cost series (N subscribers x 100 messages); --only picks others.
 """
 
 from __future__ import annotations
@@ -36,28 +37,26 @@ from collections import defaultdict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def fan(n: int, m: int, *extra: str) -> list:
-    return ["fanout", "--subscribers", str(n), "--messages", str(m), *extra]
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run_benchmarks  # noqa: E402  (the scenarios are defined once, there)
 
-
+#: The scenarios compared by default: run_benchmarks.py's, those of the
+#: fan-out, echo, conns, big, rooms5 and linear groups (the cluster group
+#: has no limit server to compare with).
+DEFAULT = [
+    "fanout_1000x1000", "fanout_10000x100", "echo_100x1", "conns_19000",
+    "fanout_1000x10000", "fanout_10000x1000", "fanout_1000x1000_rooms5",
+    "fanout_10000x100_rooms5", "fanout_100x100", "fanout_1000x100",
+    "fanout_5000x100", "fanout_19000x100",
+]
 SCENARIOS = {
-    "fanout_1000x1000": fan(1000, 1000),
-    "fanout_10000x100": fan(10000, 100),
-    "echo_100x1": ["echo", "--clients", "100", "--inflight", "1", "--duration", "3", "--warmup", "0.5"],
-    "conns_19000": ["conns", "--connections", "19000", "--hold", "1"],
-    "fanout_1000x10000": fan(1000, 10000),
-    "fanout_10000x1000": fan(10000, 1000),
-    "fanout_1000x1000_rooms5": fan(1000, 1000, "--rooms-per-client", "5"),
-    "fanout_10000x100_rooms5": fan(10000, 100, "--rooms-per-client", "5"),
-    "fanout_100x100": fan(100, 100),
-    "fanout_1000x100": fan(1000, 100),
-    "fanout_5000x100": fan(5000, 100),
-    "fanout_19000x100": fan(19000, 100),
+    s["id"]: s["args"] for s in run_benchmarks.scenarios(False) if "limit" in s["targets"]
 }
 
 #: The figure each kind of scenario is compared on.
 KEY = {
     "fanout": "server_cpu_per_delivery_us",
+    "broadcast": "server_cpu_per_delivery_us",
     "echo": "server_cpu_per_round_trip_us",
     "conns": "server_connect_cpu_per_conn_us",
 }
@@ -65,7 +64,7 @@ KEY = {
 
 def measure(opts: argparse.Namespace) -> None:
     bins = dict(b.split("=", 1) for b in opts.bin)
-    only = opts.only.split(",") if opts.only else list(SCENARIOS)
+    only = opts.only.split(",") if opts.only else DEFAULT
     unknown = [s for s in only if s not in SCENARIOS]
     if unknown:
         sys.exit(f"--only: unknown {unknown}; scenarios are {list(SCENARIOS)}")
@@ -141,7 +140,7 @@ def main() -> None:
     ap.add_argument("--bin", action="append", default=[], help="NAME=PATH of a broker binary (repeatable)")
     ap.add_argument("--loadgen", default=os.path.join(ROOT, "target", "release", "loadgen"))
     ap.add_argument("--runs", type=int, default=7, help="rounds (default 7)")
-    ap.add_argument("--only", default="", help="comma-separated scenarios: " + ",".join(SCENARIOS))
+    ap.add_argument("--only", default="", help="comma-separated scenario ids (default: " + ",".join(DEFAULT) + ")")
     ap.add_argument("--server-core", type=int, default=0)
     ap.add_argument("--core", type=int, default=1)
     ap.add_argument("--out", default="compare.json")
