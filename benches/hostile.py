@@ -50,6 +50,9 @@ import threading
 import time
 from typing import Any, Callable, Counter, Deque, Dict, List, Optional, Set, Tuple, Union
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from churn import masked_frame  # noqa: E402  (one client-frame encoder for the bench scripts)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOST = "127.0.0.1"
 KIB = 1024
@@ -258,23 +261,6 @@ class Broker:
 
 
 # --- WebSocket bytes ----------------------------------------------------------
-
-
-def masked_frame(opcode: int, payload: bytes) -> bytes:
-    head = bytes([0x80 | opcode])
-    n = len(payload)
-    if n < 126:
-        head += bytes([0x80 | n])
-    elif n < 65536:
-        head += bytes([0x80 | 126]) + struct.pack("!H", n)
-    else:
-        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
-    mask = os.urandom(4)
-    if not n:
-        return head + mask
-    key = (mask * (n // 4 + 1))[:n]
-    body = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big")
-    return head + mask + body
 
 
 def parse_frame(buf: bytearray) -> Optional[Tuple[int, bytes]]:
