@@ -212,11 +212,14 @@ impl LineParser {
                 let value = tape.as_value();
                 match decode(value) {
                     Ok(line) => on_line(Ok(line)),
-                    Err(e) => on_line(Err(LineError {
-                        action: value.get("action").and_then(Value::into_string),
-                        request_id: value.get("request_id").and_then(Value::into_string),
-                        message: e.0,
-                    })),
+                    Err(e) => {
+                        let (action, request_id) = Top::ids(value);
+                        on_line(Err(LineError {
+                            action,
+                            request_id,
+                            message: e.0,
+                        }))
+                    }
                 }
             }
             Err(e) => on_line(Err(LineError {
@@ -406,23 +409,66 @@ pub fn is_application_close_code(code: u64) -> bool {
 /// two of which are the code.
 pub const MAX_CLOSE_REASON: usize = 123;
 
+/// A line's top-level fields, gathered in one pass over the object (a
+/// lookup per key would scan it once per key); as in params, the last of
+/// repeated keys wins.
+struct Top<'v> {
+    action: Option<Value<'v, 'v>>,
+    params: Option<Value<'v, 'v>>,
+    request_id: Option<Value<'v, 'v>>,
+}
+
+impl<'v> Top<'v> {
+    /// None when the line is not an object.
+    fn gather(value: Value<'v, 'v>) -> Option<Top<'v>> {
+        let mut top = Top {
+            action: None,
+            params: None,
+            request_id: None,
+        };
+        for (key, value) in value.as_object()?.iter() {
+            match key {
+                "action" => top.action = Some(value),
+                "params" => top.params = Some(value),
+                "request_id" => top.request_id = Some(value),
+                _ => {}
+            }
+        }
+        Some(top)
+    }
+
+    /// The string `action` and `request_id` an error line echoes.
+    fn ids(value: Value<'v, 'v>) -> (Option<&'v str>, Option<&'v str>) {
+        Top::gather(value).map_or((None, None), |t| {
+            (
+                t.action.and_then(Value::into_string),
+                t.request_id.and_then(Value::into_string),
+            )
+        })
+    }
+}
+
 /// Decodes a parsed line into a command.
 pub fn decode<'v>(value: Value<'v, 'v>) -> Result<Line<'v>, CommandError> {
-    if value.as_object().is_none() {
+    let Some(Top {
+        action,
+        params,
+        request_id,
+    }) = Top::gather(value)
+    else {
         return Err(CommandError("a line must be a JSON object".into()));
-    }
-    let action = value
-        .get("action")
+    };
+    let action = action
         .ok_or_else(|| CommandError("missing field 'action'".into()))?
         .into_string()
         .ok_or_else(|| CommandError("field 'action' must be a string".into()))?;
-    let params = match value.get("params") {
+    let params = match params {
         Some(p) if p.as_object().is_some() => Some(p),
         Some(p) if p.is_null() => None,
         None => None,
         Some(_) => return Err(CommandError("field 'params' must be an object".into())),
     };
-    let request_id = value.get("request_id").and_then(Value::into_string);
+    let request_id = request_id.and_then(Value::into_string);
     let f = Fields {
         action,
         p: Params::gather(params),
@@ -863,6 +909,35 @@ mod tests {
 
     fn context_value(ctx: &Context) -> serde_json::Value {
         serde_json::from_slice(ctx.json()).unwrap()
+    }
+
+    #[test]
+    fn the_last_of_repeated_keys_wins_at_every_level() {
+        with_line(
+            r#"{"action":"bogus","request_id":"1","params":{"room_id":"a","message":"x","room_id":"b"},"action":"message_to_room","request_id":"2"}"#,
+            |l| {
+                let l = l.unwrap();
+                assert_eq!(l.request_id, Some("2"));
+                assert_eq!(
+                    l.command,
+                    Command::MessageToRoom {
+                        room_id: "b".into(),
+                        message: Payload::Text("x".into()),
+                        exclude: vec![],
+                    }
+                );
+            },
+        );
+        // An error line names the action and request id the line was read
+        // with: the last ones.
+        LineParser::new().parse(
+            &mut br#"{"action":"x","request_id":"1","action":"join_room","request_id":"2"}"#
+                .to_vec(),
+            |r| {
+                let e = r.unwrap_err();
+                assert_eq!((e.action, e.request_id), (Some("join_room"), Some("2")));
+            },
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::Instant;
 use ahash::AHashMap;
 use log::warn;
 use simd_json::value::tape::Value;
+use slab::Slab;
 
 use crate::backend::{self, Command, Line, Payload, PresenceEntry, Target};
 use crate::cluster::bus::{Channel, Kind};
@@ -20,8 +21,8 @@ use crate::hub::Audience;
 use crate::outq::{Batch, Shared};
 use crate::ws::encode;
 
-use super::conn::Ending;
-use super::{list_once, Server};
+use super::conn::{Client, Ending};
+use super::{list_once, Server, Stats};
 
 /// Room messages (or broadcasts) of this turn in a row, waiting to be
 /// queued on their audience as one batch.
@@ -270,17 +271,37 @@ impl Server {
     /// connection of the audience but those in `skip`; returns how many
     /// got it, and the frame when it was encoded (it is, when someone here
     /// got it or other brokers may: in cluster mode).
+    ///
+    /// The audience is looked up once, for the test and the queueing both.
     fn fan_out(
         &mut self,
         audience: Audience<'_>,
         message: &Payload<'_>,
         skip: &[usize],
     ) -> (usize, Option<Shared>) {
-        if self.hub.audience(audience).is_empty() && self.cluster.is_none() {
+        let corked = corks(audience, skip);
+        if !corked {
+            self.seal();
+        }
+        let members = self.hub.audience(audience);
+        if members.is_empty() && self.cluster.is_none() {
             return (0, None);
         }
         let frame = encode::message(message.as_bytes(), message.is_binary());
-        let reached = self.fan_out_frame(audience, &frame, skip);
+        let reached = if corked {
+            let n = members.len();
+            self.cork(audience, &frame);
+            n
+        } else {
+            queue_each(
+                &mut self.clients,
+                &mut self.turn.dirty_clients,
+                &mut self.stats,
+                members,
+                &frame,
+                skip,
+            )
+        };
         (reached, Some(frame))
     }
 
@@ -300,39 +321,34 @@ impl Server {
         frame: &Shared,
         skip: &[usize],
     ) -> usize {
-        if skip.is_empty() && matches!(audience, Audience::Room(_) | Audience::All) {
-            match self.cork.as_mut() {
-                Some(cork) if cork.to.is(audience) => cork.frames.push(frame.clone()),
-                _ => {
-                    self.seal();
-                    self.cork = CorkTo::of(audience).map(|to| Cork {
-                        to,
-                        frames: vec![frame.clone()],
-                    });
-                }
-            }
+        if corks(audience, skip) {
+            self.cork(audience, frame);
             return self.hub.audience(audience).len();
         }
         self.seal();
-        let members = self.hub.audience(audience);
-        if members.is_empty() {
-            return 0;
-        }
-        let mut reached = 0;
-        for &key in members {
-            let Some(c) = self.clients.get_mut(key) else {
-                continue;
-            };
-            if c.ending.is_some() || (!skip.is_empty() && skip.contains(&key)) {
-                continue;
+        queue_each(
+            &mut self.clients,
+            &mut self.turn.dirty_clients,
+            &mut self.stats,
+            self.hub.audience(audience),
+            frame,
+            skip,
+        )
+    }
+
+    /// Adds `frame` to the cork of its audience, sealing another
+    /// audience's cork first.
+    fn cork(&mut self, audience: Audience<'_>, frame: &Shared) {
+        match self.cork.as_mut() {
+            Some(cork) if cork.to.is(audience) => cork.frames.push(frame.clone()),
+            _ => {
+                self.seal();
+                self.cork = CorkTo::of(audience).map(|to| Cork {
+                    to,
+                    frames: vec![frame.clone()],
+                });
             }
-            c.outq.push(frame.clone());
-            list_once(&mut c.dirty, &mut self.turn.dirty_clients, key);
-            reached += 1;
         }
-        self.stats.deliveries += reached as u64;
-        self.stats.delivered_bytes += (reached * frame.len()) as u64;
-        reached
     }
 
     /// Queues the corked messages, as one shared batch, on every open
@@ -525,4 +541,38 @@ impl Server {
         }
         self.reply_to(key, |out| backend::push_line_error(out, request_id, error));
     }
+}
+
+/// Whether a message to `audience` is corked: one to a room or to everyone
+/// with nobody excluded.
+fn corks(audience: Audience<'_>, skip: &[usize]) -> bool {
+    skip.is_empty() && matches!(audience, Audience::Room(_) | Audience::All)
+}
+
+/// Queues `frame` on every open connection in `members` but those in
+/// `skip`; returns how many got it. A function of the fields it uses, so
+/// the caller can hold `members` borrowed from the hub meanwhile.
+fn queue_each(
+    clients: &mut Slab<Client>,
+    dirty_clients: &mut Vec<usize>,
+    stats: &mut Stats,
+    members: &[usize],
+    frame: &Shared,
+    skip: &[usize],
+) -> usize {
+    let mut reached = 0;
+    for &key in members {
+        let Some(c) = clients.get_mut(key) else {
+            continue;
+        };
+        if c.ending.is_some() || (!skip.is_empty() && skip.contains(&key)) {
+            continue;
+        }
+        c.outq.push(frame.clone());
+        list_once(&mut c.dirty, dirty_clients, key);
+        reached += 1;
+    }
+    stats.deliveries += reached as u64;
+    stats.delivered_bytes += (reached * frame.len()) as u64;
+    reached
 }

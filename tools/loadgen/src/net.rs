@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use simd_json::prelude::*;
+use simd_json::value::tape::{Tape, Value};
 
 use crate::os::{self, now_ns};
 use crate::stats::{Arrival, Histogram, Seen};
@@ -201,6 +202,10 @@ pub struct Backend {
     wpos: usize,
     writable: bool,
     json: simd_json::Buffers,
+    /// The parsed event's tape, kept between lines for its allocation only
+    /// (always empty here): an application backend's parse without
+    /// building a tree of maps per event, as the broker parses its lines.
+    tape: Option<Tape<'static>>,
     /// Answer new_message with message_to_connection to the sender.
     pub echo_reply: bool,
     /// Rooms each accepted client joins besides its own (`x1` ..), to
@@ -348,21 +353,29 @@ impl Backend {
         if line.iter().all(u8::is_ascii_whitespace) {
             return;
         }
-        let Ok(v) = simd_json::to_borrowed_value_with_buffers(line, &mut self.json) else {
+        let mut tape = self.tape.take().map_or_else(Tape::null, Tape::reset);
+        if simd_json::fill_tape(line, &mut self.json, &mut tape).is_ok() {
+            self.answer(tape.as_value());
+        } else {
             self.counts.unparsable += 1;
-            return;
-        };
+        }
+        self.tape = Some(tape.reset());
+    }
+
+    fn answer<'v>(&mut self, v: Value<'v, 'v>) {
         let params = v.get("params");
         let context_id = || {
             params
                 .and_then(|p| p.get("context"))
-                .and_then(|c| c.get_str("client_id"))
+                .and_then(|c| c.get("client_id").and_then(Value::into_string))
         };
         let w = &mut self.wbuf;
-        match v.get_str("action") {
+        match v.get("action").and_then(Value::into_string) {
             Some("connection_request") => {
                 self.counts.connection_requests += 1;
-                let url = params.and_then(|p| p.get_str("url")).unwrap_or("");
+                let url = params
+                    .and_then(|p| p.get("url").and_then(Value::into_string))
+                    .unwrap_or("");
                 // Our clients ask for /ws/ROOM/ID: room "rROOM", client_id ID.
                 let mut parts = url.strip_prefix("/ws/").unwrap_or("").split('/');
                 let (room, id) = match (parts.next(), parts.next()) {
@@ -375,7 +388,13 @@ impl Backend {
                     ),
                 };
                 w.extend_from_slice(br#"{"action":"response","request_id":"#);
-                push_json_str(w, v.get_str("request_id").unwrap_or("").as_bytes());
+                push_json_str(
+                    w,
+                    v.get("request_id")
+                        .and_then(Value::into_string)
+                        .unwrap_or("")
+                        .as_bytes(),
+                );
                 w.extend_from_slice(br#","params":{"accepted":true,"client_id":"#);
                 push_json_str(w, id.as_bytes());
                 w.extend_from_slice(br#","room_id":"#);
@@ -400,7 +419,7 @@ impl Backend {
             Some("new_message") => {
                 self.counts.new_messages += 1;
                 if self.echo_reply {
-                    let msg = params.and_then(|p| p.get_str("message"));
+                    let msg = params.and_then(|p| p.get("message").and_then(Value::into_string));
                     if let (Some(id), Some(msg)) = (context_id(), msg) {
                         w.extend_from_slice(
                             br#"{"action":"message_to_connection","request_id":"","params":{"conn_id":"#,
@@ -421,7 +440,9 @@ impl Backend {
             Some("error") => {
                 self.counts.errors += 1;
                 if self.counts.error_samples.len() < 5 {
-                    let e = params.and_then(|p| p.get_str("error")).unwrap_or("?");
+                    let e = params
+                        .and_then(|p| p.get("error").and_then(Value::into_string))
+                        .unwrap_or("?");
                     self.counts.error_samples.push(e.to_owned());
                 }
             }
@@ -570,6 +591,7 @@ impl Net {
             wpos: 0,
             writable: true,
             json: simd_json::Buffers::new(1024),
+            tape: None,
             echo_reply: false,
             extra_rooms: 0,
             counts: BackendCounts::default(),
