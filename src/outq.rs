@@ -296,7 +296,7 @@ impl OutQueue {
         Ok(Flushed::All)
     }
 
-    /// One write of up to `N` queued frames.
+    /// One vectored write of up to `N` queued frames.
     fn write_some<const N: usize>(&self, sink: &mut impl Write) -> io::Result<usize> {
         let mut slices = [IoSlice::new(&[]); N];
         let mut count = 0;
@@ -315,11 +315,6 @@ impl OutQueue {
                 slices[count] = IoSlice::new(&frame[start..]);
                 count += 1;
             }
-        }
-        // One buffer (the echo case): a plain write, which the kernel serves
-        // with less work than a one-element writev (no iovec to import).
-        if count == 1 {
-            return sink.write(&slices[0]);
         }
         sink.write_vectored(&slices[..count])
     }
