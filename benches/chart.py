@@ -7,9 +7,11 @@ Three panels against the subscriber count (log scale): deliveries/s,
 p99 latency, and server CPU per delivery. Lines join the medians; a
 vertical bar spans the lowest to the highest run. The CPU panel also shows,
 dashed, the fixed-batch series (100 messages at every size) of the
-linear-cost target, when results.json has it.
+linear-cost target, when results.json has it. With --before, the broker's
+medians from an earlier results file are drawn too (grey, hollow circles),
+so a change shows against what it replaced.
 
-    python3 benches/chart.py [--in results.json] [--out fanout.svg]
+    python3 benches/chart.py [--in results.json] [--out fanout.svg] [--before earlier.json]
 
 Python 3 standard library only: the SVG is written by hand.
 """
@@ -29,6 +31,7 @@ PANEL_W, PANEL_H = 320, 300
 TOP = 110
 LEFTS = [85, 500, 915]
 COLORS = {"broker": "#d1495b", "limit": "#00798c"}
+BEFORE = "#8a8a8a"
 LABELS = {"broker": "pystrands-server (broker)", "limit": "limit server (machine floor)"}
 
 PANELS = [
@@ -81,10 +84,12 @@ def series(doc, target, key, scale, which="sweep"):
     return pts
 
 
-def panel(out, left, key, title, unit, scale, doc, xs, dashed=None):
+def panel(out, left, key, title, unit, scale, doc, xs, dashed=None, before=None):
     data = {t: series(doc, t, key, scale) for t in ("broker", "limit")}
     extra = {t: series(doc, t, key, scale, dashed) for t in ("broker", "limit")} if dashed else {}
-    ymax = max([p[3] for pts in list(data.values()) + list(extra.values()) for p in pts] + [1e-9])
+    earlier = series(before, "broker", key, scale) if before else []
+    ymax = max([p[3] for pts in list(data.values()) + list(extra.values()) for p in pts]
+               + [p[1] for p in earlier] + [1e-9])
     step = nice_step(ymax)
     ytop = step * math.ceil(ymax / step * 1.0001)
     x0, x1 = math.log10(min(xs)), math.log10(max(xs))
@@ -114,6 +119,11 @@ def panel(out, left, key, title, unit, scale, doc, xs, dashed=None):
         f'<text x="{left - 52}" y="{TOP + PANEL_H / 2}" class="axis" '
         f'transform="rotate(-90 {left - 52} {TOP + PANEL_H / 2})">{escape(unit)}</text>'
     )
+    if len(earlier) > 1:
+        d = " ".join(f"{X(n):.1f},{Y(m):.1f}" for n, m, _, _ in earlier)
+        out.append(f'<polyline points="{d}" fill="none" stroke="{BEFORE}" stroke-width="2"/>')
+        for n, m, _, _ in earlier:
+            out.append(f'<circle cx="{X(n):.1f}" cy="{Y(m):.1f}" r="3.5" fill="white" stroke="{BEFORE}" stroke-width="1.8"/>')
     for t, pts in extra.items():
         if len(pts) > 1:
             d = " ".join(f"{X(n):.1f},{Y(m):.1f}" for n, m, _, _ in pts)
@@ -152,9 +162,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--in", dest="inp", default=os.path.join(RESULTS, "results.json"))
     ap.add_argument("--out", default=os.path.join(RESULTS, "fanout.svg"))
+    ap.add_argument("--before", help="an earlier results.json: its broker medians drawn in grey")
     a = ap.parse_args()
     with open(a.inp) as f:
         doc = json.load(f)
+    before = None
+    if a.before:
+        with open(a.before) as f:
+            before = json.load(f)
     xs = sorted(int(n) for n in (doc.get("sweep") or {}))
     if len(xs) < 2:
         sys.exit(f"{a.inp}: no sweep of at least two subscriber counts (run benches/run_benchmarks.py --only sweep)")
@@ -181,9 +196,10 @@ def main():
     ]
     dashed = "linear" if len(doc.get("linear") or {}) > 1 else None
     for left, (key, title, unit, scale) in zip(LEFTS, PANELS):
-        panel(out, left, key, title, unit, scale, doc, xs, dashed if key == "server_cpu_per_delivery_us" else None)
+        panel(out, left, key, title, unit, scale, doc, xs,
+              dashed if key == "server_cpu_per_delivery_us" else None, before)
     ly = H - 16
-    lx = 150
+    lx = 40
     for t in ("broker", "limit"):
         c = COLORS[t]
         out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 30}" y2="{ly - 4}" stroke="{c}" stroke-width="2.5"/>')
@@ -192,7 +208,13 @@ def main():
         else:
             out.append(f'<rect x="{lx + 11}" y="{ly - 8}" width="8" height="8" fill="{c}"/>')
         out.append(f'<text x="{lx + 38}" y="{ly}" class="legend">{escape(LABELS[t])}</text>')
-        lx += 330
+        lx += 270
+    if before:
+        commit = ((before.get("machine") or {}).get("git_commit") or "?")[:7]
+        out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 30}" y2="{ly - 4}" stroke="{BEFORE}" stroke-width="2"/>')
+        out.append(f'<circle cx="{lx + 15}" cy="{ly - 4}" r="3.5" fill="white" stroke="{BEFORE}" stroke-width="1.8"/>')
+        out.append(f'<text x="{lx + 38}" y="{ly}" class="legend">{escape(f"broker at {commit}")}</text>')
+        lx += 200
     if dashed:
         n = (doc.get("scenarios", {}).get(next(iter(doc["linear"].values()))) or {}).get("args", ["", "", "", "", "?"])[4]
         out.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 30}" y2="{ly - 4}" stroke="#555" stroke-width="1.8" stroke-dasharray="6 4"/>')
