@@ -17,6 +17,11 @@ round-by-round ratios (`paired`).
         --bin after=target/release/pystrands-server --out /tmp/compare.json
     python3 benches/compare_brokers.py --summary /tmp/compare.json
 
+With --hop, echo scenarios also run against the limit server with a
+backend hop (`loadgen --limit --hop`: each frame goes through the backend
+connection and back, raw, before the answer), as target `limit-hop`;
+`--summary FILE --floor limit-hop` takes the ratios to it.
+
 Scenarios are run_benchmarks.py's (`run_benchmarks.py --list` shows them and
 their commands); by default the fan-out, echo and connection scenarios,
 issue 15's ten-million-delivery fan-outs, the five-room fan-outs and the
@@ -74,10 +79,15 @@ def measure(opts: argparse.Namespace) -> None:
     for run in range(opts.runs):
         for sid in only:
             targets = list(bins) + ["limit"]
+            if opts.hop and sid.startswith("echo"):
+                targets.append("limit-hop")
             k = run % len(targets)
             for target in targets[k:] + targets[:k]:
                 cmd = [opts.loadgen, *SCENARIOS[sid], *pin]
-                cmd += ["--limit"] if target == "limit" else ["--server-bin", bins[target]]
+                if target in ("limit", "limit-hop"):
+                    cmd += ["--limit"] + (["--hop"] if target == "limit-hop" else [])
+                else:
+                    cmd += ["--server-bin", bins[target]]
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
                 try:
                     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -97,7 +107,7 @@ def measure(opts: argparse.Namespace) -> None:
     print(f"wrote {opts.out}")
 
 
-def summary(path: str, extra: list) -> None:
+def summary(path: str, extra: list, floor: str = "limit") -> None:
     data = json.load(open(path))
     records = data["records"] if isinstance(data, dict) else data
     by = defaultdict(lambda: defaultdict(dict))
@@ -109,13 +119,13 @@ def summary(path: str, extra: list) -> None:
         by[r["scenario"]][r["target"]][r["run"]] = r["result"]
         if r["target"] not in order:
             order.append(r["target"])
-    order = [t for t in order if t != "limit"] + ["limit"]
+    order = [t for t in order if t != floor] + [floor]
     print("| scenario | figure | " + " | ".join(order) + " |")
     print("|---" * (len(order) + 2) + "|")
     for sid, targets in by.items():
         for fig in [KEY[sid.split("_")[0]], *extra]:
             cells = []
-            limit = targets.get("limit", {})
+            limit = targets.get(floor, {})
             lim = [v[fig] for v in limit.values() if v.get(fig) is not None]
             lim_med = statistics.median(lim) if lim else None
             for t in order:
@@ -126,7 +136,7 @@ def summary(path: str, extra: list) -> None:
                     continue
                 med = statistics.median(vals)
                 cell = f"{med:.4g}"
-                if t != "limit" and lim_med:
+                if t != floor and lim_med:
                     paired = [runs[i][fig] / limit[i][fig] for i in runs
                               if i in limit and runs[i].get(fig) and limit[i].get(fig)]
                     cell += f" ({med / lim_med:.2f}x"
@@ -146,9 +156,13 @@ def main() -> None:
     ap.add_argument("--out", default="compare.json")
     ap.add_argument("--summary", metavar="FILE", help="print the Markdown table of FILE and exit")
     ap.add_argument("--figures", default="", help="with --summary: more figures to show, comma-separated")
+    ap.add_argument("--hop", action="store_true",
+                    help="echo scenarios: also run the limit server with a backend hop (loadgen --limit --hop), as target limit-hop")
+    ap.add_argument("--floor", default="limit",
+                    help="with --summary: the target the ratios are taken to (limit, or limit-hop)")
     opts = ap.parse_args()
     if opts.summary:
-        summary(opts.summary, [f for f in opts.figures.split(",") if f])
+        summary(opts.summary, [f for f in opts.figures.split(",") if f], opts.floor)
         return
     if not opts.bin:
         ap.error("give at least one --bin NAME=PATH")

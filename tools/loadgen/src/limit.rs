@@ -16,6 +16,13 @@
 //!   JSON, no ids, no hashing: rooms are a Vec indexed by number.
 //! - `echo`: every client frame is written straight back, unmasked, to its
 //!   sender: one read and one write per round trip.
+//! - `echo-hop`: the same round trip through a backend, as the broker
+//!   makes it but without JSON: each client frame's payload goes to the
+//!   control connection as a record (connection index and length, 4 bytes
+//!   each, little-endian, then the payload), all of a turn's records in
+//!   one write; the tool sends the bytes back as they came, and each record
+//!   read becomes a frame to its connection. The floor of an echo with a
+//!   backend hop.
 //! - `accept`: nothing after the 101.
 //!
 //! It exits when the control connection closes, or after --timeout.
@@ -36,6 +43,7 @@ use crate::ws;
 pub enum Mode {
     Fanout,
     Echo,
+    EchoHop,
     Accept,
 }
 
@@ -44,6 +52,7 @@ impl Mode {
         match self {
             Mode::Fanout => "fanout",
             Mode::Echo => "echo",
+            Mode::EchoHop => "echo-hop",
             Mode::Accept => "accept",
         }
     }
@@ -81,6 +90,8 @@ struct Server {
     turn_everyone: Vec<Rc<[u8]>>,
     dirty: Vec<usize>,
     scratch: Vec<u8>,
+    /// echo-hop: this turn's records for the control connection.
+    hop_out: Vec<u8>,
 }
 
 /// Entry point of the hidden subcommand; returns the exit code.
@@ -92,6 +103,7 @@ pub fn main(args: &[String]) -> i32 {
         match (a.as_str(), it.next().map(String::as_str)) {
             ("--mode", Some("fanout")) => mode = Some(Mode::Fanout),
             ("--mode", Some("echo")) => mode = Some(Mode::Echo),
+            ("--mode", Some("echo-hop")) => mode = Some(Mode::EchoHop),
             ("--mode", Some("accept")) => mode = Some(Mode::Accept),
             ("--timeout", Some(t)) => match t.parse::<f64>() {
                 Ok(s) if s > 0.0 => timeout = Duration::from_secs_f64(s),
@@ -111,7 +123,7 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 fn usage() -> i32 {
-    eprintln!("usage: loadgen __limit-server --mode fanout|echo|accept [--timeout SECS]");
+    eprintln!("usage: loadgen __limit-server --mode fanout|echo|echo-hop|accept [--timeout SECS]");
     3
 }
 
@@ -141,6 +153,7 @@ fn run(mode: Mode, timeout: Duration) -> io::Result<()> {
         turn_everyone: Vec::new(),
         dirty: Vec::new(),
         scratch: vec![0; 256 * 1024],
+        hop_out: Vec::new(),
     };
     let mut ctrl: Option<(TcpStream, Vec<u8>)> = None;
     let mut events = Events::with_capacity(1024);
@@ -160,13 +173,17 @@ fn run(mode: Mode, timeout: Duration) -> io::Result<()> {
                 CTRL_LISTENER => {
                     if let Ok((mut s, _)) = ctrl_listener.accept() {
                         s.set_nodelay(true)?;
-                        poll.registry().register(&mut s, CTRL, Interest::READABLE)?;
+                        poll.registry().register(
+                            &mut s,
+                            CTRL,
+                            Interest::READABLE | Interest::WRITABLE,
+                        )?;
                         ctrl = Some((s, Vec::new()));
                     }
                 }
                 CTRL => {
                     if let Some((s, buf)) = ctrl.as_mut() {
-                        if !server.control(s, buf) {
+                        if ev.is_readable() && !server.control(s, buf) {
                             return Ok(());
                         }
                     }
@@ -188,6 +205,11 @@ fn run(mode: Mode, timeout: Duration) -> io::Result<()> {
             }
         }
         server.write_batches();
+        if let Some((s, _)) = ctrl.as_mut() {
+            if !server.flush_hop(s) {
+                return Ok(());
+            }
+        }
         server.flush_dirty();
     }
 }
@@ -222,7 +244,8 @@ impl Server {
         }
     }
 
-    /// Reads control lines; false once the control connection is gone.
+    /// Reads control lines (echo-hop: records); false once the control
+    /// connection is gone.
     fn control(&mut self, s: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
         loop {
             let start = buf.len();
@@ -231,6 +254,11 @@ impl Server {
                 Ok(0) => return false,
                 Ok(n) => {
                     buf.truncate(start + n);
+                    if self.mode == Mode::EchoHop {
+                        let done = self.hop_records(buf);
+                        buf.drain(..done);
+                        continue;
+                    }
                     let mut done = 0;
                     while let Some(nl) = memchr::memchr(b'\n', &buf[done..]) {
                         let line = &buf[done..done + nl];
@@ -249,6 +277,47 @@ impl Server {
                 Err(_) => return false,
             }
         }
+    }
+
+    /// echo-hop: each complete record of `buf` becomes a text frame queued
+    /// on its connection; returns the bytes used.
+    fn hop_records(&mut self, buf: &[u8]) -> usize {
+        let mut at = 0;
+        while buf.len() - at >= 8 {
+            let word = |k: usize| u32::from_le_bytes(buf[k..k + 4].try_into().unwrap()) as usize;
+            let (i, len) = (word(at), word(at + 4));
+            let end = at + 8 + len;
+            if end > buf.len() {
+                break;
+            }
+            if let Some(Some(c)) = self.conns.get_mut(i) {
+                ws::push_head(&mut c.raw, ws::OP_TEXT, len, None);
+                c.raw.extend_from_slice(&buf[at + 8..end]);
+                if !c.queued {
+                    c.queued = true;
+                    self.dirty.push(i);
+                }
+            }
+            at = end;
+        }
+        at
+    }
+
+    /// echo-hop: writes the turn's records to the control connection (what
+    /// it does not take waits for its next writable event); false if it
+    /// failed.
+    fn flush_hop(&mut self, s: &mut TcpStream) -> bool {
+        while !self.hop_out.is_empty() {
+            match s.write(&self.hop_out) {
+                Ok(n) => {
+                    self.hop_out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     fn fan_out(&mut self, room: &[u8], payload: &[u8]) {
@@ -391,6 +460,11 @@ impl Server {
                     }
                     self.everyone.push(i);
                 }
+            } else if self.mode == Mode::EchoHop {
+                if !hop(c, i, data, &mut self.hop_out) {
+                    self.conns[i] = None;
+                    return;
+                }
             } else if self.mode == Mode::Echo {
                 if !echo(c, data) {
                     self.conns[i] = None;
@@ -429,23 +503,49 @@ impl Server {
 /// the connection) into `raw`, unmasked, as a server frame of the same
 /// opcode; false on a close frame or a protocol error.
 fn echo(c: &mut Conn, data: &[u8]) -> bool {
-    if c.inbuf.is_empty() {
-        let Some(at) = echo_frames(data, &mut c.raw) else {
+    let raw = &mut c.raw;
+    frames(&mut c.inbuf, data, |opcode, payload, mask| {
+        ws::push_head(raw, opcode, payload.len(), None);
+        let start = raw.len();
+        raw.extend_from_slice(payload);
+        ws::apply_mask(&mut raw[start..], mask);
+    })
+}
+
+/// echo-hop: appends every complete frame of `data` (after any partial
+/// one kept in the connection) to `out` as a record for the control
+/// connection, unmasked; false on a close frame or a protocol error.
+fn hop(c: &mut Conn, i: usize, data: &[u8], out: &mut Vec<u8>) -> bool {
+    frames(&mut c.inbuf, data, |_, payload, mask| {
+        out.extend_from_slice(&(i as u32).to_le_bytes());
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        let start = out.len();
+        out.extend_from_slice(payload);
+        ws::apply_mask(&mut out[start..], mask);
+    })
+}
+
+/// Hands every complete masked frame of `data`, after the partial one kept
+/// in `inbuf`, to `each` (opcode, masked payload, mask) and keeps the rest
+/// in `inbuf`; false on a close frame or a protocol error.
+fn frames(inbuf: &mut Vec<u8>, data: &[u8], each: impl FnMut(u8, &[u8], [u8; 4])) -> bool {
+    if inbuf.is_empty() {
+        let Some(at) = complete_frames(data, each) else {
             return false;
         };
-        c.inbuf.extend_from_slice(&data[at..]);
+        inbuf.extend_from_slice(&data[at..]);
     } else {
-        c.inbuf.extend_from_slice(data);
-        let Some(at) = echo_frames(&c.inbuf, &mut c.raw) else {
+        inbuf.extend_from_slice(data);
+        let Some(at) = complete_frames(inbuf, each) else {
             return false;
         };
-        c.inbuf.drain(..at);
+        inbuf.drain(..at);
     }
     true
 }
 
 /// Bytes of `buf` consumed (complete frames), None to close.
-fn echo_frames(buf: &[u8], raw: &mut Vec<u8>) -> Option<usize> {
+fn complete_frames(buf: &[u8], mut each: impl FnMut(u8, &[u8], [u8; 4])) -> Option<usize> {
     let mut at = 0;
     while let Some(h) = ws::parse_head(&buf[at..]) {
         if h.payload_len > 16 << 20 || h.opcode == ws::OP_CLOSE {
@@ -455,11 +555,7 @@ fn echo_frames(buf: &[u8], raw: &mut Vec<u8>) -> Option<usize> {
         if end > buf.len() {
             break;
         }
-        let mask = h.mask?;
-        ws::push_head(raw, h.opcode, h.payload_len, None);
-        let start = raw.len();
-        raw.extend_from_slice(&buf[at + h.header_len..end]);
-        ws::apply_mask(&mut raw[start..], mask);
+        each(h.opcode, &buf[at + h.header_len..end], h.mask?);
         at = end;
     }
     Some(at)

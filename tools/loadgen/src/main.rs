@@ -53,6 +53,9 @@ target (default: spawn the pystrands-server in this executable's directory):
   --limit                serve the scenario with the tool's own minimal server instead
                          (fanout|broadcast: preencoded shared frames, one writev per socket
                          per turn; echo: frames written straight back; conns: 101 only)
+  --hop                  echo with --limit: the limit server sends each frame's payload
+                         through the backend connection and back (raw bytes, no JSON)
+                         before answering: the floor of a round trip with a backend hop
   --server-core N        pin the spawned server to CPU N (like taskset -c N)
   --core N               pin the load generator itself to CPU N
 
@@ -153,6 +156,9 @@ impl Scenario {
 pub struct Config {
     pub scenario: Scenario,
     pub limit: bool,
+    /// Echo with --limit: the limit server's round trip includes a hop
+    /// through the backend connection.
+    pub hop: bool,
     pub server_bin: PathBuf,
     pub server_args: Vec<String>,
     pub server_pid: Option<u32>,
@@ -181,7 +187,7 @@ struct Args {
     items: Vec<(String, Option<String>)>,
 }
 
-const BOOLEAN: &[&str] = &["--json", "--limit", "--external-backend", "--help"];
+const BOOLEAN: &[&str] = &["--json", "--limit", "--hop", "--external-backend", "--help"];
 
 impl Args {
     fn parse(raw: Vec<String>) -> Result<(Option<String>, Args), String> {
@@ -275,6 +281,7 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
     let cfg = Config {
         scenario,
         limit: a.flag("--limit"),
+        hop: a.flag("--hop"),
         server_bin: match a.value("--server-bin")? {
             Some(path) => path,
             None => sibling_broker()?,
@@ -324,6 +331,9 @@ fn config(scenario: &str, mut a: Args) -> Result<Config, String> {
         if cfg.limit {
             return Err("--external-backend measures the broker, not --limit".into());
         }
+    }
+    if cfg.hop && !(cfg.limit && matches!(cfg.scenario, Scenario::Echo { .. })) {
+        return Err("--hop is for echo with --limit".into());
     }
     if cfg.limit && (cfg.server_pid.is_some() || cfg.ws.is_some()) {
         return Err("--limit spawns its own server: no --server-pid / --ws".into());
@@ -403,7 +413,11 @@ fn start_target(cfg: &Config, deadline: Instant) -> Result<Target, String> {
         cmd.args([
             "__limit-server",
             "--mode",
-            cfg.scenario.limit_mode().name(),
+            if cfg.hop {
+                limit::Mode::EchoHop.name()
+            } else {
+                cfg.scenario.limit_mode().name()
+            },
             "--timeout",
             &cfg.timeout.as_secs_f64().to_string(),
         ]);

@@ -336,6 +336,13 @@ impl Backend {
     }
 
     fn lines(&mut self) {
+        if self.kind == BackendKind::Control && self.echo_reply {
+            // The limit server's echo with a hop (--hop): its records go
+            // straight back, unread: the least a backend can do.
+            self.wbuf.extend_from_slice(&self.rbuf);
+            self.rbuf.clear();
+            return;
+        }
         let mut rbuf = std::mem::take(&mut self.rbuf);
         let mut done = 0;
         while let Some(nl) = memchr::memchr(b'\n', &rbuf[done..]) {
