@@ -144,9 +144,12 @@ impl Scenario {
         }
     }
 
-    fn limit_mode(&self) -> limit::Mode {
+    /// The limit server's mode for this scenario (`hop`: echo through
+    /// the backend connection).
+    fn limit_mode(&self, hop: bool) -> limit::Mode {
         match self {
             Scenario::Fanout { .. } => limit::Mode::Fanout,
+            Scenario::Echo { .. } if hop => limit::Mode::EchoHop,
             Scenario::Echo { .. } => limit::Mode::Echo,
             Scenario::Conns { .. } => limit::Mode::Accept,
         }
@@ -413,11 +416,7 @@ fn start_target(cfg: &Config, deadline: Instant) -> Result<Target, String> {
         cmd.args([
             "__limit-server",
             "--mode",
-            if cfg.hop {
-                limit::Mode::EchoHop.name()
-            } else {
-                cfg.scenario.limit_mode().name()
-            },
+            cfg.scenario.limit_mode(cfg.hop).name(),
             "--timeout",
             &cfg.timeout.as_secs_f64().to_string(),
         ]);

@@ -215,6 +215,11 @@ pub struct Backend {
     pub closed: bool,
 }
 
+/// The string at `key` of an object on an event's tape.
+fn text<'v>(object: Value<'v, 'v>, key: &str) -> Option<&'v str> {
+    object.get(key).and_then(Value::into_string)
+}
+
 fn push_json_str(out: &mut Vec<u8>, s: &[u8]) {
     const CHUNK: usize = 32;
     // Bitwise over a fixed-size chunk with no early exit, so the compiler
@@ -374,15 +379,13 @@ impl Backend {
         let context_id = || {
             params
                 .and_then(|p| p.get("context"))
-                .and_then(|c| c.get("client_id").and_then(Value::into_string))
+                .and_then(|c| text(c, "client_id"))
         };
         let w = &mut self.wbuf;
-        match v.get("action").and_then(Value::into_string) {
+        match text(v, "action") {
             Some("connection_request") => {
                 self.counts.connection_requests += 1;
-                let url = params
-                    .and_then(|p| p.get("url").and_then(Value::into_string))
-                    .unwrap_or("");
+                let url = params.and_then(|p| text(p, "url")).unwrap_or("");
                 // Our clients ask for /ws/ROOM/ID: room "rROOM", client_id ID.
                 let mut parts = url.strip_prefix("/ws/").unwrap_or("").split('/');
                 let (room, id) = match (parts.next(), parts.next()) {
@@ -395,13 +398,7 @@ impl Backend {
                     ),
                 };
                 w.extend_from_slice(br#"{"action":"response","request_id":"#);
-                push_json_str(
-                    w,
-                    v.get("request_id")
-                        .and_then(Value::into_string)
-                        .unwrap_or("")
-                        .as_bytes(),
-                );
+                push_json_str(w, text(v, "request_id").unwrap_or("").as_bytes());
                 w.extend_from_slice(br#","params":{"accepted":true,"client_id":"#);
                 push_json_str(w, id.as_bytes());
                 w.extend_from_slice(br#","room_id":"#);
@@ -426,7 +423,7 @@ impl Backend {
             Some("new_message") => {
                 self.counts.new_messages += 1;
                 if self.echo_reply {
-                    let msg = params.and_then(|p| p.get("message").and_then(Value::into_string));
+                    let msg = params.and_then(|p| text(p, "message"));
                     if let (Some(id), Some(msg)) = (context_id(), msg) {
                         w.extend_from_slice(
                             br#"{"action":"message_to_connection","request_id":"","params":{"conn_id":"#,
@@ -447,9 +444,7 @@ impl Backend {
             Some("error") => {
                 self.counts.errors += 1;
                 if self.counts.error_samples.len() < 5 {
-                    let e = params
-                        .and_then(|p| p.get("error").and_then(Value::into_string))
-                        .unwrap_or("?");
+                    let e = params.and_then(|p| text(p, "error")).unwrap_or("?");
                     self.counts.error_samples.push(e.to_owned());
                 }
             }
