@@ -21,8 +21,10 @@ fn abandoned_request(broker: &Broker, backend: &mut Backend) -> serde_json::Valu
 /// With --max-pending-requests 1, the next upgrade reaches the backend:
 /// the earlier request no longer holds the one slot. The backend's next
 /// event must be that request: nothing of the gone client came first.
-fn slot_is_free(broker: &Broker, backend: &mut Backend) {
-    accept(broker, backend, "/ws/room", json!({"client_id": "next"}));
+/// Returns the new client, which the caller keeps open for as long as it
+/// counts the broker's descriptors.
+fn slot_is_free(broker: &Broker, backend: &mut Backend) -> Accepted {
+    accept(broker, backend, "/ws/room", json!({"client_id": "next"}))
 }
 
 #[test]
@@ -45,8 +47,9 @@ fn an_acceptance_after_the_client_left_is_ignored() {
     let request = abandoned_request(&broker, &mut backend);
     broker.wait_open_fds(fds);
     backend.respond(&request, json!({"accepted": true, "client_id": "gone"}));
-    slot_is_free(&broker, &mut backend);
+    let next = slot_is_free(&broker, &mut backend);
     assert_eq!(broker.open_fds(), fds + 1, "one client, the new one");
+    drop(next);
 }
 
 #[test]
