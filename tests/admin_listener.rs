@@ -45,7 +45,7 @@ fn wait_health(broker: &Broker, what: &str, pred: impl Fn(u16, &str) -> bool) ->
 
 #[test]
 fn health_follows_backends_bounds_and_draining() {
-    let mut broker = Broker::start_with_admin(&["--connect-timeout", "0.5"]);
+    let mut broker = Broker::start_with_admin(&["--connect-timeout", "1"]);
     // No backend for --connect-timeout: unhealthy, and it says why.
     let why = wait_health(&broker, "reported no backend", |s, b| {
         s == 503 && b.contains("no backend connected")
@@ -103,9 +103,11 @@ fn metrics_and_stats_follow_what_happened() {
     backend.send_to_room("r", "to both");
     assert_eq!(recv_text(&mut a), "to both");
     assert_eq!(recv_text(&mut b), "to both");
-    let _refused = start_upgrade(&broker, "/ws/x", &[]);
+    let refused = start_upgrade(&broker, "/ws/x", &[]);
     let request = backend.expect("connection_request");
     backend.respond(&request, serde_json::json!({"accepted": false}));
+    // The 403 is written in the turn that counts the rejection.
+    assert_eq!(refused.refused_status(), 403);
 
     let (status, metrics) = broker.admin_get("/metrics");
     assert_eq!(status, 200);
@@ -155,7 +157,7 @@ fn metrics_and_stats_follow_what_happened() {
 
 #[test]
 fn other_requests_are_refused_and_cost_nothing() {
-    let broker = Broker::start_with_admin(&["--connect-timeout", "0.5"]);
+    let broker = Broker::start_with_admin(&["--connect-timeout", "1"]);
     let admin = broker.admin.unwrap();
     assert_eq!(broker.admin_get("/nope").0, 404);
     let mut post = raw_connect(admin);

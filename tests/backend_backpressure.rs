@@ -167,25 +167,27 @@ fn a_paused_client_is_not_closed_for_pongs_the_broker_did_not_read() {
         "--ping-interval",
         "0.2",
         "--ping-timeout",
-        "0.2",
+        "0.5",
     ]);
     let mut stalled = Backend::connect_gated(&broker, SOCKET_BUFFER);
     let writer = join_via(&broker, &mut [&mut stalled], 0, "writer", "w");
     stalled.set_reading(false);
     let flood = start_flood(writer);
     wait_blocked(&flood);
-    // Several ping periods pass while the client is paused (the flood has
-    // already been blocked for STALLED_FOR, over two periods).
-    thread::sleep(Duration::from_millis(600));
+    // Over two ping timeouts pass while the client is paused.
+    thread::sleep(Duration::from_millis(1200));
     stalled.set_reading(true);
     let (mut writer, sent) = flood.stop();
+    // At once, before the client has been silent for a ping timeout (the
+    // flood thread never reads, so nothing answered the broker's pings):
+    // still open, with everything it sent before read by the broker.
+    barrier(&mut writer, BrokerPings::Skip);
     assert!(
         !broker.has_log(&["no answer to a ping"]),
         "the paused client was closed for not answering pings"
     );
+    // And everything it sent was handled.
     expect_all_in_order(&mut stalled, "writer", sent);
-    // Still open, and everything it sent was handled.
-    barrier(&mut writer, BrokerPings::Skip);
 }
 
 /// README ("Running in production"): slow backends are logged at warn.

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 use serde_json::{json, Value};
 
@@ -29,6 +31,7 @@ fn bad_lines_get_error_replies_and_the_backend_keeps_working() {
     let mut backend = Backend::connect(&broker);
     let mut client = join(&broker, &mut backend, "c1", "lobby");
 
+    let first_refusal = Instant::now();
     backend.send_raw("this is not json");
     let e = expect_error(&mut backend, Value::Null);
     assert!(
@@ -83,7 +86,11 @@ fn bad_lines_get_error_replies_and_the_backend_keeps_working() {
     // The first refusal is logged at once; the next ones in the same
     // second only counted.
     broker.wait_log(&["WARN", "line refused: invalid JSON", "1 in all"]);
-    assert!(!broker.has_log(&["fly_to_the_moon"]));
+    // (Only when the refusals above took less than that second: a machine
+    // busy enough to hold the test up for a second would log the last one.)
+    if first_refusal.elapsed() < Duration::from_millis(900) {
+        assert!(!broker.has_log(&["fly_to_the_moon"]));
+    }
 
     // Still connected, still obeyed, still told about clients.
     backend.send_to_room("lobby", "still working");

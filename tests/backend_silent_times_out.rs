@@ -11,7 +11,9 @@ use serde_json::json;
 
 #[test]
 fn no_answer_gives_503_after_the_connect_timeout() {
-    let broker = Broker::start(&["--connect-timeout", "0.3"]);
+    // One second: the backend's late answer and the next client below must
+    // each go through within it, on a machine that may be busy.
+    let broker = Broker::start(&["--connect-timeout", "1"]);
     let mut backend = Backend::connect(&broker);
     let started = Instant::now();
     let mut stream = raw_upgrade_request(&broker, "/ws/slow");
@@ -20,12 +22,12 @@ fn no_answer_gives_503_after_the_connect_timeout() {
     let waited = started.elapsed();
     assert_eq!(status_of(&head), 503, "reply: {head:?}");
     assert!(
-        waited >= Duration::from_millis(300),
+        waited >= Duration::from_millis(1000),
         "503 came before --connect-timeout: {waited:?}"
     );
     assert!(
-        waited < Duration::from_millis(2000),
-        "503 came long after --connect-timeout 0.3: {waited:?}"
+        waited < Duration::from_millis(3000),
+        "503 came long after --connect-timeout 1: {waited:?}"
     );
     read_to_eof(&mut stream);
 

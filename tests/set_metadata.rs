@@ -33,9 +33,10 @@ fn later_events_carry_the_new_metadata() {
         json!({"connection_id": tab2.context["connection_id"], "metadata": {"name": big}}),
     );
     assert_eq!(n, 1);
+    // One at a time: the order of two sockets' messages is not promised.
     send_text(&mut tab2.ws, "b");
-    send_text(&mut tab1.ws, "c");
     let e2 = backend.expect("new_message");
+    send_text(&mut tab1.ws, "c");
     let e1 = backend.expect("new_message");
     assert_eq!(e2["params"]["context"]["metadata"], json!({"name": big}));
     assert_eq!(e1["params"]["context"]["metadata"]["v"], 2);
