@@ -2,8 +2,9 @@
 for three ``heartbeat_interval`` periods drops the link with a logged
 reason, and the client reconnects. Heartbeats never reach a handler.
 
-The broker runs with ``--heartbeat-interval 0.2`` and the clients are told
-so; the broker is stopped with SIGSTOP (its sockets stay open, it just
+The broker runs with ``--heartbeat-interval 0.5`` and the clients are told
+so (1.5 s of silence drops a link: short, but longer than a busy test machine
+holds up a resumed broker); the broker is stopped with SIGSTOP (its sockets stay open, it just
 answers nothing) and resumed with SIGCONT.
 """
 
@@ -19,7 +20,7 @@ import pytest
 from conftest import Broker, Events, wait_for
 from pystrands import AsyncPublisher, AsyncPyStrandsClient, Context, Publisher, PyStrands, PyStrandsClient
 
-INTERVAL = 0.2
+INTERVAL = 0.5
 
 
 @pytest.fixture
@@ -69,7 +70,9 @@ def test_sync_client_reconnects_when_the_broker_stops_answering(
             wait_for(lambda: not client.connected, what="the link to be dropped")
         finally:
             beating.send_signal(signal.SIGCONT)
-    wait_for(lambda: client.connected and client._core.heartbeats > 0, what="the reconnect")
+    # A heartbeat after the resume, on the new link: the broker serves it.
+    beats = client._core.heartbeats
+    wait_for(lambda: client.connected and client._core.heartbeats > beats, what="the reconnect")
     assert client.presence_stats("r").clients == 0  # the new link works
 
 
@@ -94,7 +97,9 @@ def test_async_client_and_app_reconnect_when_the_broker_stops_answering(
                         await asyncio.sleep(0.01)
                 finally:
                     beating.send_signal(signal.SIGCONT)
-                while not api.connected:
+                # A heartbeat after the resume, on the new link.
+                beats = api._core.heartbeats
+                while not api.connected or api._core.heartbeats <= beats:
                     await asyncio.sleep(0.01)
                 assert (await api.presence_stats("r")).clients == 0
             finally:

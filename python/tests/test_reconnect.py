@@ -47,12 +47,22 @@ def test_sync_reconnects_after_broker_restart(broker: Broker, clients: List[Any]
         assert ws.recv(timeout=TIMEOUT) == "echo:two"
 
 
-def test_sync_queued_events_arrive_after_reconnect(broker: Broker, clients: List[Any], events: Events) -> None:
-    # reconnect_delay 1.0 with jitter: the first retry comes after 0.5-1.0 s,
-    # far longer than the few milliseconds the test needs to queue events.
-    client = Echo(events, host="127.0.0.1", port=broker.tcp_port, reconnect_delay=1.0)
+def test_sync_queued_events_arrive_after_reconnect(
+    broker: Broker, clients: List[Any], events: Events, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = Echo(events, host="127.0.0.1", port=broker.tcp_port, reconnect_delay=0.05)
     clients.append(client)
     assert client.connect()
+    # The reconnect waits until the test has sent while disconnected (a
+    # delay alone would race a busy machine).
+    released = threading.Event()
+    real_open = client._open_socket
+
+    def open_when_released() -> socket.socket:
+        released.wait(TIMEOUT)
+        return real_open()
+
+    monkeypatch.setattr(client, "_open_socket", open_when_released)
     with ws_connect(broker.ws_url("/q"), open_timeout=TIMEOUT) as ws:
         ws.send("first")
         assert ws.recv(timeout=TIMEOUT) == "echo:first"
@@ -65,6 +75,7 @@ def test_sync_queued_events_arrive_after_reconnect(broker: Broker, clients: List
             ws.send(f"queued-{i}")
         sent_while_disconnected = not client.connected
         assert sent_while_disconnected
+        released.set()
         for i in range(20):
             assert ws.recv(timeout=TIMEOUT) == f"echo:queued-{i}"
     received = [events.get("message")[1] for _ in range(21)]
@@ -115,7 +126,7 @@ def test_sync_backoff_grows_with_jitter_and_caps(monkeypatch: pytest.MonkeyPatch
     assert waits == pytest.approx([0.075, 0.15, 0.3, 0.3, 0.3, 0.3])
 
 
-def test_async_reconnects_and_gets_queued_events(broker: Broker) -> None:
+def test_async_reconnects_and_gets_queued_events(broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
     async def main() -> None:
         from websockets.asyncio.client import connect
 
@@ -126,8 +137,18 @@ def test_async_reconnects_and_gets_queued_events(broker: Broker) -> None:
                 await received.put(message)
                 await self.send_private_message(context.client_id, "echo:" + message)
 
-        client = AEcho("127.0.0.1", broker.tcp_port, reconnect_delay=1.0)
+        client = AEcho("127.0.0.1", broker.tcp_port, reconnect_delay=0.05)
         assert await client.connect()
+        # The reconnect waits until the test has sent while disconnected (a
+        # delay alone would race a busy machine).
+        released = asyncio.Event()
+        real_open = client._open
+
+        async def open_when_released(reconnect: bool = False) -> Any:
+            await asyncio.wait_for(released.wait(), TIMEOUT)
+            return await real_open(reconnect)
+
+        monkeypatch.setattr(client, "_open", open_when_released)
         try:
             async with connect(broker.ws_url("/aq"), open_timeout=TIMEOUT) as ws:
                 await ws.send("first")
@@ -140,6 +161,7 @@ def test_async_reconnects_and_gets_queued_events(broker: Broker) -> None:
                 for i in range(20):
                     await ws.send(f"queued-{i}")
                 assert not client.connected
+                released.set()
                 for i in range(20):
                     assert await asyncio.wait_for(ws.recv(), TIMEOUT) == f"echo:queued-{i}"
             got = [received.get_nowait() for _ in range(21)]

@@ -1,16 +1,16 @@
 """A slow on_message must not delay the answer to a connection request.
 
-The broker runs with --connect-timeout 1: if a connection request waited for
+The broker runs with --connect-timeout 3: if a connection request waited for
 the blocked handler, the second WebSocket would get 503 instead of 101. The
-handler blocks on an Event the test releases (deterministic, no sleep), and is
-held well past the broker's timeout.
+handler blocks on an Event the test releases (deterministic, no sleep), and
+would otherwise be held twice the broker's timeout. (No timed assertion: a
+101 is the proof, and a busy machine may take its time to deliver it.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any, Callable, List
 
 import pytest
@@ -19,7 +19,8 @@ from websockets.sync.client import connect as ws_connect
 from conftest import TIMEOUT, Broker, Events, wait_for
 from pystrands import AsyncPyStrandsClient, PyStrands, PyStrandsClient
 
-HOLD = 2.0  # seconds the handler stays blocked: twice the broker's timeout
+CONNECT_TIMEOUT = 3.0
+HOLD = 2 * CONNECT_TIMEOUT  # the longest the handler stays blocked
 
 
 @pytest.mark.parametrize("concurrency", [1, None], ids=["concurrency=1", "default"])
@@ -27,7 +28,7 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory: Callable
     """With concurrency=1 every event waits its turn (the broker's order),
     but connection requests are still answered; by default the second
     client's events do not even wait for the first client's slow handler."""
-    broker = broker_factory(connect_timeout=1.0)
+    broker = broker_factory(connect_timeout=CONNECT_TIMEOUT)
     release = threading.Event()
 
     class Slow(PyStrandsClient):
@@ -52,9 +53,7 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory: Callable
         events.get("handler-started")
         for i in range(5):  # queued behind the blocked handler, in order
             first.send(f"m{i}")
-        t0 = time.monotonic()
         with ws_connect(broker.ws_url("/second"), open_timeout=TIMEOUT) as second:
-            accepted_after = time.monotonic() - t0
             second.send("from-second")
             if concurrency is None:
                 # handled beside the blocked handler, before it is released
@@ -84,11 +83,10 @@ def test_sync_slow_on_message_does_not_stall_acceptance(broker_factory: Callable
             wait_for(lambda: not client._watchdog_reading, what="the hand-back to the dispatcher")
             second.send("later")
             assert second.recv(timeout=TIMEOUT) == "echo:later"
-    assert accepted_after < 1.0
 
 
 def test_async_slow_on_message_does_not_stall_acceptance(broker_factory: Callable[..., Broker]) -> None:
-    broker = broker_factory(connect_timeout=1.0)
+    broker = broker_factory(connect_timeout=CONNECT_TIMEOUT)
 
     async def main() -> None:
         release = asyncio.Event()
@@ -115,13 +113,10 @@ def test_async_slow_on_message_does_not_stall_acceptance(broker_factory: Callabl
             async with connect(broker.ws_url("/first"), open_timeout=TIMEOUT) as first:
                 await first.send("block")
                 assert await asyncio.wait_for(log.get(), TIMEOUT) == ("started", "block")
-                t0 = time.monotonic()
                 async with connect(broker.ws_url("/second"), open_timeout=TIMEOUT):
-                    elapsed = time.monotonic() - t0
                     assert log.empty()  # the handler is still blocked
                     release.set()
                     assert await asyncio.wait_for(log.get(), TIMEOUT) == ("done", "block")
-            assert elapsed < 1.0
         finally:
             await client.disconnect()
 
@@ -129,7 +124,7 @@ def test_async_slow_on_message_does_not_stall_acceptance(broker_factory: Callabl
 
 
 def test_app_slow_async_handler_does_not_stall_acceptance(broker_factory: Callable[..., Broker]) -> None:
-    broker = broker_factory(connect_timeout=1.0)
+    broker = broker_factory(connect_timeout=CONNECT_TIMEOUT)
 
     async def main() -> None:
         from websockets.asyncio.client import connect
@@ -151,9 +146,8 @@ def test_app_slow_async_handler_does_not_stall_acceptance(broker_factory: Callab
             async with connect(broker.ws_url("/a"), open_timeout=TIMEOUT) as a:
                 await a.send("block")
                 await asyncio.wait_for(started.wait(), TIMEOUT)
-                t0 = time.monotonic()
                 async with connect(broker.ws_url("/b"), open_timeout=TIMEOUT):
-                    assert time.monotonic() - t0 < 1.0
+                    pass  # 101 while the handler is blocked (503 had the request waited)
                 release.set()
         finally:
             await app.disconnect()
